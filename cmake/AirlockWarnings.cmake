@@ -1,0 +1,10 @@
+# Warnings and sanitizers for Airlock's own targets (never for generated code).
+function(airlock_target_defaults target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra)
+endfunction()
+
+if(AIRLOCK_SANITIZE)
+  add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+  add_link_options(-fsanitize=address,undefined)
+  add_compile_definitions(AIRLOCK_SANITIZE=1)
+endif()

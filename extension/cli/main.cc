@@ -1,0 +1,105 @@
+// airlock-extension: the extension process. `run` tries a skill without a host;
+// `serve` (started by the host library) serves calls over an inherited socket.
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <uv.h>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+
+#include "runtime/skill_runtime.h"
+
+using namespace airlock;
+
+namespace {
+
+struct RunArgs {
+  std::string skill_path;
+  std::string input;
+  std::string input_file;
+  std::string func = "run";
+  uint32_t timeout_ms = 10'000;
+  uint32_t max_memory_mb = 64;
+  std::string fresh = "reset";
+  bool quiet = false;
+};
+
+int run_skill(const RunArgs& a) {
+  std::string input = a.input;
+  if (!a.input_file.empty()) {
+    std::ifstream f(a.input_file, std::ios::binary);
+    if (!f) {
+      std::cerr << "error: cannot read input file '" << a.input_file << "'\n";
+      return 2;
+    }
+    input.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  runtime::SkillLimits limits;
+  limits.timeout_ms = a.timeout_ms;
+  limits.max_memory_mb = a.max_memory_mb;
+  limits.fresh = a.fresh == "reinstantiate" ? runtime::FreshState::Reinstantiate
+               : a.fresh == "reuse"         ? runtime::FreshState::Reuse
+                                            : runtime::FreshState::Reset;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  int rc = 1;
+  {
+    runtime::SkillRuntime rt(&loop);
+    std::string name = a.skill_path.substr(a.skill_path.find_last_of('/') + 1);
+    if (name.size() > 5 && name.ends_with(".wasm")) name.resize(name.size() - 5);
+    if (auto st = rt.load_file(name, a.skill_path, limits); !st.ok()) {
+      std::cerr << "error: " << st.error().to_string() << "\n";
+      return 1;
+    }
+    runtime::CallOptions opts;
+    opts.func = a.func;
+    rt.call(name, std::move(input), opts, [&](Result<std::string> r) {
+      if (r.ok()) {
+        std::fwrite(r->data(), 1, r->size(), stdout);
+        if (!a.quiet && (r->empty() || r->back() != '\n') && isatty(1)) std::fputc('\n', stdout);
+        std::fflush(stdout);
+        rc = 0;
+      } else {
+        std::cerr << "error: " << r.error().to_string() << "\n";
+        rc = 1;
+      }
+    });
+    uv_run(&loop, UV_RUN_DEFAULT);
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);  // let closed handles finish
+  uv_loop_close(&loop);
+  return rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"airlock-extension: runs WebAssembly skills for an Airlock host"};
+  app.require_subcommand(1);
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical, off")->capture_default_str();
+
+  RunArgs ra;
+  auto* run = app.add_subcommand("run", "Run one skill function once, without a host, and print its output");
+  run->add_option("skill", ra.skill_path, "Path to the skill's .wasm file")->required()->check(CLI::ExistingFile);
+  auto* in = run->add_option("--input", ra.input, "Input bytes, as a string");
+  run->add_option("--input-file", ra.input_file, "Read the input from this file")->excludes(in);
+  run->add_option("--func", ra.func, "Skill function to call")->capture_default_str();
+  run->add_option("--timeout-ms", ra.timeout_ms, "Wall-clock limit for the call, waits included")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  run->add_option("--max-memory-mb", ra.max_memory_mb, "Maximum linear memory of the skill")
+      ->capture_default_str()->check(CLI::Range(1, 4096));
+  run->add_option("--fresh", ra.fresh, "Fresh state per call: reset, reinstantiate or reuse")
+      ->capture_default_str()->check(CLI::IsMember({"reset", "reinstantiate", "reuse"}));
+
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_default_logger(spdlog::stderr_color_st("airlock-extension"));
+  spdlog::set_level(spdlog::level::from_str(log_level));
+  if (run->parsed()) return run_skill(ra);
+  return 2;
+}

@@ -1,0 +1,111 @@
+// The engine layer: the only interface the rest of Airlock sees of a WebAssembly
+// engine. One implementation today (V8 10.2, v8_engine.cc); nothing outside
+// extension/engine/ includes V8 headers.
+//
+// Threading: an Engine and everything it creates belong to the thread that created
+// the Engine, except Engine::terminate(), which any thread may call (the watchdog).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "airlock/status.h"
+
+namespace airlock::engine {
+
+enum class ValType : uint8_t { I32, I64, F32, F64 };
+
+struct FuncType {
+  std::vector<ValType> params;
+  std::vector<ValType> results;
+  bool operator==(const FuncType&) const = default;
+  std::string to_string() const;  // "(i32, i32) -> i32"
+};
+
+struct Value {
+  ValType type = ValType::I32;
+  union {
+    int32_t i32;
+    int64_t i64;
+    float f32;
+    double f64;
+  };
+  Value() : i64(0) {}
+  static Value from_i32(int32_t v) { Value x; x.type = ValType::I32; x.i32 = v; return x; }
+  static Value from_i64(int64_t v) { Value x; x.type = ValType::I64; x.i64 = v; return x; }
+};
+
+class Instance;
+
+// What a host function sees of its caller.
+class Caller {
+ public:
+  virtual ~Caller() = default;
+  virtual Instance& instance() = 0;
+};
+
+// Thrown by a host function to trap the calling wasm code with this error.
+struct HostTrap {
+  Error error;
+};
+
+using HostFn = std::function<void(Caller&, std::span<const Value> args, std::span<Value> results)>;
+
+struct HostFunction {
+  std::string module;
+  std::string name;
+  FuncType type;
+  HostFn fn;
+};
+
+class Instance {
+ public:
+  virtual ~Instance() = default;
+  // Calls an exported function. A trap becomes Code::Trap with its TrapKind; an
+  // Engine::terminate() during the call becomes Code::Timeout; a HostTrap thrown by a
+  // host function becomes that error. After a Timeout the instance must be discarded.
+  virtual Result<std::vector<Value>> call(std::string_view export_name,
+                                          std::span<const Value> args) = 0;
+  // The current linear memory ("memory" export). The span is invalidated by anything
+  // that may grow memory: re-read it after every call into wasm.
+  virtual std::span<uint8_t> memory() = 0;
+  virtual uint32_t memory_pages() = 0;
+  void* user_data = nullptr;  // owned by whoever set it (the runtime's call state)
+};
+
+class Module {
+ public:
+  virtual ~Module() = default;
+  // Links imports against the engine's host functions and instantiates.
+  virtual Result<std::unique_ptr<Instance>> instantiate() = 0;
+};
+
+struct EngineConfig {
+  // Keep the wasm trap handler (guard regions, ~10 GiB address space per memory). Off:
+  // explicit bounds checks, for thousands of live instances or an address-space rlimit.
+  bool trap_handler = true;
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  // Registers a host function importable by modules compiled afterwards.
+  virtual void define(HostFunction fn) = 0;
+  // Compiles wasm bytes. Errors: InvalidArgument with the engine's message.
+  // Limits such as the memory maximum are already in the bytes (see wasm_info.h).
+  virtual Result<std::shared_ptr<Module>> compile(std::span<const uint8_t> wasm) = 0;
+  // Stops whatever wasm code runs on the engine's thread now (thread-safe). The
+  // running call returns Code::Timeout.
+  virtual void terminate() = 0;
+  virtual std::string_view name() const = 0;
+};
+
+// One engine per thread; V8's process-wide state is initialised on first use.
+std::unique_ptr<Engine> create_v8_engine(const EngineConfig& config = {});
+
+}  // namespace airlock::engine

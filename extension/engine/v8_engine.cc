@@ -1,0 +1,349 @@
+// The V8 10.2 implementation of the engine interface (Debian libnode108).
+//
+// Modules are compiled with WasmModuleObject::Compile and instantiated through the JS
+// `WebAssembly.Instance` constructor with an import object built once per module from
+// the engine's host functions. Each Engine owns one isolate and one context, entered
+// for the lifetime of the Engine on its thread.
+#include <libplatform/libplatform.h>
+#include <v8-wasm.h>
+#include <v8.h>
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+
+#include "engine/engine.h"
+
+static_assert(V8_MAJOR_VERSION == 10 && V8_MINOR_VERSION == 2,
+              "Airlock needs V8 10.2 (Debian libnode108), not the nodejs headers in /usr/include/node");
+
+namespace airlock::engine {
+namespace {
+
+std::unique_ptr<v8::Platform> g_platform;
+
+void init_v8_once(const EngineConfig& config) {
+  static std::once_flag once;
+  std::call_once(once, [&] {
+    // Flags are process-wide and must precede V8::Initialize (they key code caches too).
+    if (config.trap_handler) v8::V8::EnableWebAssemblyTrapHandler(/*use_v8_signal_handler=*/true);
+    g_platform = v8::platform::NewDefaultPlatform(/*thread_pool_size=*/1);
+    v8::V8::InitializePlatform(g_platform.get());
+    v8::V8::Initialize();
+  });
+}
+
+std::string to_utf8(v8::Isolate* iso, v8::Local<v8::Value> v) {
+  if (v.IsEmpty()) return "";
+  v8::String::Utf8Value s(iso, v);
+  return *s ? std::string(*s, s.length()) : std::string("<unprintable>");
+}
+
+v8::Local<v8::String> str(v8::Isolate* iso, std::string_view s) {
+  return v8::String::NewFromUtf8(iso, s.data(), v8::NewStringType::kNormal, static_cast<int>(s.size()))
+      .ToLocalChecked();
+}
+
+// V8 reports wasm traps as WebAssembly.RuntimeError with fixed messages.
+TrapKind classify_trap(std::string_view msg) {
+  auto has = [&](std::string_view n) { return msg.find(n) != std::string_view::npos; };
+  if (has("unreachable")) return TrapKind::Unreachable;
+  if (has("memory access out of bounds") || has("data segment") || has("out of bounds memory"))
+    return TrapKind::MemoryOutOfBounds;
+  if (has("Maximum call stack size")) return TrapKind::StackOverflow;
+  if (has("divide by zero") || has("remainder by zero")) return TrapKind::DivideByZero;
+  if (has("divide result unrepresentable")) return TrapKind::IntegerOverflow;
+  if (has("float unrepresentable")) return TrapKind::InvalidConversion;
+  if (has("function signature mismatch") || has("table index is out of bounds") ||
+      has("null function"))
+    return TrapKind::IndirectCall;
+  return TrapKind::Other;
+}
+
+class V8Engine;
+
+class V8Module final : public Module {
+ public:
+  V8Module(V8Engine* engine, v8::Isolate* iso, v8::Local<v8::WasmModuleObject> m)
+      : engine_(engine), module_(iso, m) {}
+  Result<std::unique_ptr<Instance>> instantiate() override;
+
+ private:
+  V8Engine* engine_;
+  v8::Global<v8::WasmModuleObject> module_;
+  v8::Global<v8::Object> imports_;  // built on first instantiate, reused after
+};
+
+class V8Instance final : public Instance {
+ public:
+  V8Instance(V8Engine* engine, v8::Isolate* iso, v8::Local<v8::Object> exports);
+  Result<std::vector<Value>> call(std::string_view export_name, std::span<const Value> args) override;
+  std::span<uint8_t> memory() override;
+  uint32_t memory_pages() override { return static_cast<uint32_t>(memory().size() / 65536); }
+
+ private:
+  V8Engine* engine_;
+  v8::Isolate* iso_;
+  v8::Global<v8::Object> exports_;
+  v8::Global<v8::WasmMemoryObject> memory_;
+  std::unordered_map<std::string, v8::Global<v8::Function>> funcs_;
+};
+
+class V8Engine final : public Engine, public Caller {
+ public:
+  explicit V8Engine(const EngineConfig& config) {
+    init_v8_once(config);
+    allocator_.reset(v8::ArrayBuffer::Allocator::NewDefaultAllocator());
+    v8::Isolate::CreateParams params;
+    params.array_buffer_allocator = allocator_.get();
+    iso_ = v8::Isolate::New(params);
+    iso_->Enter();
+    v8::HandleScope hs(iso_);
+    auto ctx = v8::Context::New(iso_);
+    ctx->Enter();
+    context_.Reset(iso_, ctx);
+    auto wasm = ctx->Global()->Get(ctx, str(iso_, "WebAssembly")).ToLocalChecked().As<v8::Object>();
+    instance_ctor_.Reset(iso_, wasm->Get(ctx, str(iso_, "Instance")).ToLocalChecked().As<v8::Function>());
+    auto module_ctor = wasm->Get(ctx, str(iso_, "Module")).ToLocalChecked().As<v8::Object>();
+    module_imports_.Reset(iso_, module_ctor->Get(ctx, str(iso_, "imports")).ToLocalChecked().As<v8::Function>());
+  }
+
+  ~V8Engine() override {
+    {
+      v8::HandleScope hs(iso_);
+      host_fn_templates_.clear();
+      instance_ctor_.Reset();
+      module_imports_.Reset();
+      context_.Get(iso_)->Exit();
+      context_.Reset();
+    }
+    iso_->Exit();
+    iso_->Dispose();
+  }
+
+  void define(HostFunction fn) override {
+    std::string key = fn.module + "." + fn.name;
+    host_fns_[key] = std::make_unique<HostFunction>(std::move(fn));
+  }
+
+  Result<std::shared_ptr<Module>> compile(std::span<const uint8_t> wasm) override {
+    v8::HandleScope hs(iso_);
+    v8::TryCatch tc(iso_);
+    auto m = v8::WasmModuleObject::Compile(iso_, v8::MemorySpan<const uint8_t>(wasm.data(), wasm.size()));
+    if (m.IsEmpty()) {
+      return make_error(Code::InvalidArgument, "compile failed: " + to_utf8(iso_, tc.Exception()));
+    }
+    return std::shared_ptr<Module>(std::make_shared<V8Module>(this, iso_, m.ToLocalChecked()));
+  }
+
+  void terminate() override { iso_->TerminateExecution(); }
+  std::string_view name() const override { return "v8-10.2"; }
+
+  // Caller: the innermost instance running on this engine.
+  Instance& instance() override { return *active_.back(); }
+
+  v8::Isolate* isolate() { return iso_; }
+  v8::Local<v8::Context> context() { return context_.Get(iso_); }
+
+  // Builds the import object for a module; error names the first unknown import.
+  Result<v8::Local<v8::Object>> build_imports(v8::Local<v8::WasmModuleObject> module) {
+    auto ctx = context();
+    v8::Local<v8::Value> argv[1] = {module};
+    auto list = module_imports_.Get(iso_)->Call(ctx, v8::Undefined(iso_), 1, argv).ToLocalChecked().As<v8::Array>();
+    auto imports = v8::Object::New(iso_);
+    std::map<std::string, v8::Local<v8::Object>> namespaces;
+    for (uint32_t i = 0; i < list->Length(); ++i) {
+      auto desc = list->Get(ctx, i).ToLocalChecked().As<v8::Object>();
+      std::string mod = to_utf8(iso_, desc->Get(ctx, str(iso_, "module")).ToLocalChecked());
+      std::string nm = to_utf8(iso_, desc->Get(ctx, str(iso_, "name")).ToLocalChecked());
+      std::string kind = to_utf8(iso_, desc->Get(ctx, str(iso_, "kind")).ToLocalChecked());
+      auto it = host_fns_.find(mod + "." + nm);
+      if (kind != "function" || it == host_fns_.end()) {
+        return make_error(Code::InvalidArgument,
+                          "unknown import " + mod + "." + nm + " (" + kind + "): the runtime does not provide it");
+      }
+      auto& ns = namespaces[mod];
+      if (ns.IsEmpty()) {
+        ns = v8::Object::New(iso_);
+        imports->Set(ctx, str(iso_, mod), ns).Check();
+      }
+      ns->Set(ctx, str(iso_, nm), host_function(it->second.get())).Check();
+    }
+    return imports;
+  }
+
+  v8::Local<v8::Function> host_function(HostFunction* fn) {
+    auto& tmpl = host_fn_templates_[fn];
+    if (tmpl.IsEmpty()) {
+      tmpl.Reset(iso_, v8::FunctionTemplate::New(iso_, &V8Engine::trampoline, v8::External::New(iso_, fn)));
+    }
+    return tmpl.Get(iso_)->GetFunction(context()).ToLocalChecked();
+  }
+
+  // wasm -> host. C++ exceptions must not cross V8 frames: a HostTrap is parked in
+  // pending_error_ and a JS exception unwinds the wasm stack instead.
+  static void trampoline(const v8::FunctionCallbackInfo<v8::Value>& info) {
+    auto* iso = info.GetIsolate();
+    auto* self = static_cast<V8Engine*>(iso->GetData(0));
+    auto* fn = static_cast<HostFunction*>(info.Data().As<v8::External>()->Value());
+    auto ctx = iso->GetCurrentContext();
+    Value args[8];
+    Value results[1];
+    size_t nargs = std::min<size_t>(fn->type.params.size(), 8);
+    for (size_t i = 0; i < nargs; ++i) {
+      auto v = info[static_cast<int>(i)];
+      switch (fn->type.params[i]) {
+        case ValType::I32: args[i] = Value::from_i32(v->Int32Value(ctx).FromMaybe(0)); break;
+        case ValType::I64: {
+          auto b = v->ToBigInt(ctx);
+          args[i] = Value::from_i64(b.IsEmpty() ? 0 : b.ToLocalChecked()->Int64Value());
+          break;
+        }
+        case ValType::F32: args[i].type = ValType::F32; args[i].f32 = static_cast<float>(v->NumberValue(ctx).FromMaybe(0)); break;
+        case ValType::F64: args[i].type = ValType::F64; args[i].f64 = v->NumberValue(ctx).FromMaybe(0); break;
+      }
+    }
+    try {
+      fn->fn(*self, std::span<const Value>(args, nargs), std::span<Value>(results, fn->type.results.size()));
+    } catch (HostTrap& t) {
+      self->pending_error_ = std::move(t.error);
+      iso->ThrowException(v8::Exception::Error(str(iso, "host function " + fn->module + "." + fn->name + " failed")));
+      return;
+    } catch (std::exception& e) {
+      self->pending_error_ = make_error(Code::Internal, "host function " + fn->name + ": " + e.what());
+      iso->ThrowException(v8::Exception::Error(str(iso, "host function failed")));
+      return;
+    }
+    if (!fn->type.results.empty()) {
+      switch (fn->type.results[0]) {
+        case ValType::I32: info.GetReturnValue().Set(results[0].i32); break;
+        case ValType::I64: info.GetReturnValue().Set(v8::BigInt::New(iso, results[0].i64)); break;
+        case ValType::F32: info.GetReturnValue().Set(static_cast<double>(results[0].f32)); break;
+        case ValType::F64: info.GetReturnValue().Set(results[0].f64); break;
+      }
+    }
+  }
+
+  std::vector<Instance*> active_;   // call stack of instances (re-entrant calls nest)
+  std::optional<Error> pending_error_;
+  v8::Global<v8::Function> instance_ctor_;
+
+ private:
+  std::unique_ptr<v8::ArrayBuffer::Allocator> allocator_;
+  v8::Isolate* iso_ = nullptr;
+  v8::Global<v8::Context> context_;
+  v8::Global<v8::Function> module_imports_;
+  std::unordered_map<std::string, std::unique_ptr<HostFunction>> host_fns_;
+  std::unordered_map<HostFunction*, v8::Global<v8::FunctionTemplate>> host_fn_templates_;
+
+ public:
+  void bind_isolate_data() { iso_->SetData(0, this); }
+};
+
+Result<std::unique_ptr<Instance>> V8Module::instantiate() {
+  auto* iso = engine_->isolate();
+  v8::HandleScope hs(iso);
+  auto ctx = engine_->context();
+  v8::TryCatch tc(iso);
+  auto module = module_.Get(iso);
+  if (imports_.IsEmpty()) {
+    auto imports = engine_->build_imports(module);
+    if (!imports.ok()) return imports.take_error();
+    imports_.Reset(iso, imports.value());
+  }
+  v8::Local<v8::Value> argv[2] = {module, imports_.Get(iso)};
+  auto inst = engine_->instance_ctor_.Get(iso)->NewInstance(ctx, 2, argv);
+  if (inst.IsEmpty()) {
+    std::string msg = to_utf8(iso, tc.Exception());
+    if (tc.HasTerminated()) {
+      iso->CancelTerminateExecution();
+      return make_error(Code::Timeout, "instantiation interrupted");
+    }
+    // Start-function traps and memory allocation failures land here too.
+    bool oom = msg.find("Out of memory") != std::string::npos;
+    return make_error(oom ? Code::ResourceExhausted : Code::InvalidArgument, "instantiate failed: " + msg);
+  }
+  auto exports = inst.ToLocalChecked()->Get(ctx, str(iso, "exports")).ToLocalChecked().As<v8::Object>();
+  return std::unique_ptr<Instance>(std::make_unique<V8Instance>(engine_, iso, exports));
+}
+
+V8Instance::V8Instance(V8Engine* engine, v8::Isolate* iso, v8::Local<v8::Object> exports)
+    : engine_(engine), iso_(iso), exports_(iso, exports) {
+  auto ctx = engine_->context();
+  auto mem = exports->Get(ctx, str(iso, "memory"));
+  v8::Local<v8::Value> m;
+  if (mem.ToLocal(&m) && m->IsWasmMemoryObject()) memory_.Reset(iso, m.As<v8::WasmMemoryObject>());
+}
+
+std::span<uint8_t> V8Instance::memory() {
+  if (memory_.IsEmpty()) return {};
+  v8::HandleScope hs(iso_);
+  auto buf = memory_.Get(iso_)->Buffer();
+  return {static_cast<uint8_t*>(buf->Data()), buf->ByteLength()};
+}
+
+Result<std::vector<Value>> V8Instance::call(std::string_view export_name, std::span<const Value> args) {
+  v8::HandleScope hs(iso_);
+  auto ctx = engine_->context();
+  auto it = funcs_.find(std::string(export_name));
+  if (it == funcs_.end()) {
+    auto v = exports_.Get(iso_)->Get(ctx, str(iso_, export_name));
+    v8::Local<v8::Value> f;
+    if (!v.ToLocal(&f) || !f->IsFunction()) {
+      return make_error(Code::NotFound, "no exported function '" + std::string(export_name) + "'");
+    }
+    it = funcs_.emplace(std::string(export_name), v8::Global<v8::Function>(iso_, f.As<v8::Function>())).first;
+  }
+  v8::Local<v8::Value> argv[8];
+  size_t n = std::min<size_t>(args.size(), 8);
+  for (size_t i = 0; i < n; ++i) {
+    switch (args[i].type) {
+      case ValType::I32: argv[i] = v8::Integer::New(iso_, args[i].i32); break;
+      case ValType::I64: argv[i] = v8::BigInt::New(iso_, args[i].i64); break;
+      case ValType::F32: argv[i] = v8::Number::New(iso_, args[i].f32); break;
+      case ValType::F64: argv[i] = v8::Number::New(iso_, args[i].f64); break;
+    }
+  }
+  v8::TryCatch tc(iso_);
+  engine_->active_.push_back(this);
+  auto r = it->second.Get(iso_)->Call(ctx, v8::Undefined(iso_), static_cast<int>(n), argv);
+  engine_->active_.pop_back();
+  if (r.IsEmpty()) {
+    if (tc.HasTerminated() || iso_->IsExecutionTerminating()) {
+      // Only the outermost call clears termination, so nested frames all unwind.
+      if (engine_->active_.empty()) iso_->CancelTerminateExecution();
+      return make_error(Code::Timeout, "execution terminated (time limit)");
+    }
+    if (engine_->pending_error_) {
+      // A host function trapped; pass its error through the outer frames unchanged.
+      if (engine_->active_.empty()) {
+        Error e = std::move(*engine_->pending_error_);
+        engine_->pending_error_.reset();
+        return e;
+      }
+      return *engine_->pending_error_;
+    }
+    std::string msg = to_utf8(iso_, tc.Exception());
+    return make_error(Code::Trap, msg, classify_trap(msg));
+  }
+  std::vector<Value> out;
+  auto v = r.ToLocalChecked();
+  if (v->IsInt32() || v->IsNumber()) {
+    out.push_back(Value::from_i32(v->Int32Value(ctx).FromMaybe(0)));
+  } else if (v->IsBigInt()) {
+    out.push_back(Value::from_i64(v.As<v8::BigInt>()->Int64Value()));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::unique_ptr<Engine> create_v8_engine(const EngineConfig& config) {
+  auto e = std::make_unique<V8Engine>(config);
+  e->bind_isolate_data();
+  return e;
+}
+
+}  // namespace airlock::engine

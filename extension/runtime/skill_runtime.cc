@@ -1,0 +1,417 @@
+#include "runtime/skill_runtime.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <array>
+#include <fstream>
+#include <iterator>
+
+#include "runtime/call_state.h"
+#include "runtime/watchdog.h"
+
+namespace airlock::runtime {
+
+namespace {
+constexpr size_t kPoolMax = 4;  // warm instances kept per skill
+const engine::FuncType kSkillFuncType{{engine::ValType::I32, engine::ValType::I32}, {engine::ValType::I32}};
+
+Error skill_error(const std::string& skill, Code code, const std::string& msg, TrapKind trap = TrapKind::None) {
+  return make_error(code, "skill '" + skill + "': " + msg, trap);
+}
+// malloc fails once the next chunk no longer fits, usually a little below the maximum.
+constexpr uint32_t kNearMaxPages = 32;  // 2 MiB
+}  // namespace
+
+Timer* Timer::start(uv_loop_t* loop, uint64_t ms, std::function<void()> fn) {
+  auto* t = new Timer{};
+  t->fn = std::move(fn);
+  uv_timer_init(loop, &t->handle);
+  t->handle.data = t;
+  uv_update_time(loop);  // the loop's cached "now" may be a whole wasm call old
+  uv_timer_start(&t->handle, [](uv_timer_t* h) { static_cast<Timer*>(h->data)->fn(); }, ms, 0);
+  return t;
+}
+
+void Timer::stop(Timer*& t) {
+  if (!t) return;
+  uv_timer_stop(&t->handle);
+  uv_close(reinterpret_cast<uv_handle_t*>(&t->handle), [](uv_handle_t* h) { delete static_cast<Timer*>(h->data); });
+  t = nullptr;
+}
+
+Binding& binding_of(engine::Caller& caller) { return *static_cast<Binding*>(caller.instance().user_data); }
+
+SkillRuntime::SkillRuntime(uv_loop_t* loop, engine::EngineConfig config)
+    : loop_(loop), engine_(engine::create_v8_engine(config)) {
+  auto* eng = engine_.get();
+  watchdog_ = std::make_unique<Watchdog>([eng] { eng->terminate(); });
+  for (auto& f : abi_imports()) engine_->define(std::move(f));
+  for (auto& f : wasi_imports()) engine_->define(std::move(f));
+}
+
+SkillRuntime::~SkillRuntime() {
+  cancel_all(make_error(Code::Unavailable, "skill runtime shutting down"));
+  skills_.clear();
+  watchdog_.reset();
+}
+
+void SkillRuntime::log(int level, std::string_view skill, std::string_view line) {
+  if (log_sink_) {
+    log_sink_(level, skill, line);
+  } else {
+    spdlog::log(static_cast<spdlog::level::level_enum>(level), "[skill {}] {}", skill, line);
+  }
+}
+
+// ---- loading --------------------------------------------------------------------
+
+namespace {
+// The runtime's imports and their types, checked against the module before compiling
+// (the engine itself only links by name).
+const std::unordered_map<std::string, engine::FuncType>& provided_imports();
+}  // namespace
+
+Status SkillRuntime::load_file(const std::string& name, const std::string& path, const SkillLimits& limits) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return skill_error(name, Code::NotFound, "cannot read '" + path + "'");
+  std::vector<uint8_t> bytes{std::istreambuf_iterator<char>(f), {}};
+  return load(name, bytes, limits);
+}
+
+Status SkillRuntime::load(const std::string& name, std::span<const uint8_t> wasm, const SkillLimits& limits) {
+  if (name.empty()) return make_error(Code::InvalidArgument, "skill name is empty");
+  auto parsed = parse_wasm(wasm);
+  if (!parsed.ok()) return skill_error(name, Code::InvalidArgument, "invalid wasm: " + parsed.error().message);
+  auto skill = std::make_shared<Skill>();
+  skill->name = name;
+  skill->limits = limits;
+  skill->info = std::move(parsed.value());
+  const WasmInfo& info = skill->info;
+
+  auto need_export = [&](const char* exp, WasmImport::Kind kind, const engine::FuncType* type) -> Status {
+    const WasmExport* e = info.find_export(exp);
+    if (!e || e->kind != kind) {
+      return skill_error(name, Code::InvalidArgument,
+                         std::string("not an Airlock skill: missing export '") + exp + "' (see docs/SKILL_ABI.md)");
+    }
+    if (type && !(e->type == *type)) {
+      return skill_error(name, Code::InvalidArgument,
+                         std::string("export '") + exp + "' has type " + e->type.to_string() + ", expected " +
+                             type->to_string());
+    }
+    return ok_status();
+  };
+  using VT = engine::ValType;
+  const engine::FuncType abi_t{{}, {VT::I32}}, alloc_t{{VT::I32}, {VT::I32}};
+  for (auto st : {need_export("memory", WasmImport::Kind::Memory, nullptr),
+                  need_export("airlock_abi_version", WasmImport::Kind::Func, &abi_t),
+                  need_export("airlock_alloc", WasmImport::Kind::Func, &alloc_t)}) {
+    if (!st.ok()) return st;
+  }
+
+  bool suspends = false;
+  for (const auto& imp : info.imports) {
+    std::string full = imp.module + "." + imp.name;
+    auto it = provided_imports().find(full);
+    if (imp.kind != WasmImport::Kind::Func || it == provided_imports().end()) {
+      return skill_error(name, Code::InvalidArgument,
+                         "import " + full + " is not provided by the runtime (no filesystem, network or "
+                         "other host access beyond docs/SKILL_ABI.md)");
+    }
+    if (!(imp.type == it->second)) {
+      return skill_error(name, Code::InvalidArgument,
+                         "import " + full + " has type " + imp.type.to_string() + ", expected " +
+                             it->second.to_string());
+    }
+    if (full == "airlock.wait" || full == "airlock.call") suspends = true;
+  }
+  skill->asyncified = info.find_export("asyncify_start_unwind") && info.find_export("asyncify_stop_unwind") &&
+                      info.find_export("asyncify_start_rewind") && info.find_export("asyncify_stop_rewind") &&
+                      info.find_export("airlock_async_buffer");
+  if (suspends && !skill->asyncified) {
+    return skill_error(name, Code::InvalidArgument,
+                       "imports airlock.wait/airlock.call but was not built with asyncify "
+                       "(build it with airlock_add_skill(), or run wasm-opt --asyncify "
+                       "--pass-arg=asyncify-imports@airlock.wait,airlock.call)");
+  }
+  skill->has_initialize = info.find_export("_initialize") != nullptr;
+
+  if (limits.max_memory_mb == 0 || limits.max_memory_mb > 4096) {
+    return skill_error(name, Code::InvalidArgument, "max_memory_mb must be 1..4096");
+  }
+  skill->max_pages = limits.max_memory_mb * 16;  // 64 KiB pages
+  auto limited = limit_memory(wasm, skill->max_pages);
+  if (!limited.ok()) return skill_error(name, limited.error().code, limited.error().message);
+  auto module = engine_->compile(limited.value());
+  if (!module.ok()) return skill_error(name, Code::InvalidArgument, module.error().message);
+  skill->module = std::move(module.value());
+
+  // Instantiate once now: proves linking and _initialize, and warms the pool.
+  if (auto st = add_instance(*skill); !st.ok()) return st;
+  skills_[name] = std::move(skill);  // replaces a previous version; its calls keep the old one
+  return ok_status();
+}
+
+Status SkillRuntime::unload(const std::string& name) {
+  if (skills_.erase(name) == 0) return make_error(Code::NotFound, "skill '" + name + "' is not loaded");
+  return ok_status();
+}
+
+std::vector<std::string> SkillRuntime::skills() const {
+  std::vector<std::string> out;
+  for (const auto& [n, s] : skills_) out.push_back(n);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+bool SkillRuntime::has_skill(std::string_view name) const { return skills_.count(std::string(name)) > 0; }
+
+RuntimeStats SkillRuntime::stats() const {
+  RuntimeStats s = stats_;
+  s.in_flight = calls_.size();
+  s.suspended = 0;
+  for (const auto& [id, c] : calls_) s.suspended += c->state == Call::State::Suspended;
+  return s;
+}
+
+// ---- instances --------------------------------------------------------------------
+
+// Adds a fresh instance to the skill's pool: instantiate, check the ABI version, run
+// _initialize, and snapshot the memory for FreshState::Reset.
+Status SkillRuntime::add_instance(Skill& s) {
+  PooledInstance p;
+  auto inst = s.module->instantiate();
+  if (!inst.ok()) return skill_error(s.name, inst.error().code, inst.error().message);
+  p.inst = std::move(inst.value());
+  p.binding = std::make_unique<Binding>(Binding{this, &s, nullptr});
+  p.inst->user_data = p.binding.get();
+  stats_.instantiations++;
+  watchdog_->arm(Clock::now() + std::chrono::milliseconds(s.limits.timeout_ms));
+  auto ver = p.inst->call("airlock_abi_version", {});
+  Status init = ok_status();
+  if (ver.ok() && s.has_initialize) {
+    auto r = p.inst->call("_initialize", {});
+    if (!r.ok()) init = r.take_error();
+  }
+  watchdog_->disarm();
+  if (!ver.ok()) return skill_error(s.name, ver.error().code, "airlock_abi_version: " + ver.error().message);
+  if (ver->empty() || (*ver)[0].i32 != 1) {
+    return skill_error(s.name, Code::InvalidArgument,
+                       "unsupported skill ABI version " + std::to_string(ver->empty() ? 0 : (*ver)[0].i32) +
+                           " (this runtime speaks version 1)");
+  }
+  if (!init.ok()) return skill_error(s.name, init.error().code, "_initialize failed: " + init.error().message);
+  if (s.limits.fresh == FreshState::Reset) {
+    auto mem = p.inst->memory();
+    p.snapshot.assign(mem.begin(), mem.end());
+  }
+  s.pool.push_back(std::move(p));
+  return ok_status();
+}
+
+// ---- calls ------------------------------------------------------------------------
+
+uint64_t SkillRuntime::call(std::string_view skill_name, std::string input, const CallOptions& opts, CallDone done) {
+  uint64_t id = next_call_id_++;
+  stats_.calls++;
+  auto it = skills_.find(std::string(skill_name));
+  if (it == skills_.end()) {
+    done(make_error(Code::NotFound, "skill '" + std::string(skill_name) + "' is not loaded"));
+    return id;
+  }
+  auto& skill = it->second;
+  const WasmExport* e = skill->info.find_export(opts.func);
+  if (!e || e->kind != WasmImport::Kind::Func) {
+    done(skill_error(skill->name, Code::NotFound, "no function '" + opts.func + "'"));
+    return id;
+  }
+  if (!(e->type == kSkillFuncType)) {
+    done(skill_error(skill->name, Code::InvalidArgument,
+                     "function '" + opts.func + "' has type " + e->type.to_string() + ", expected " +
+                         kSkillFuncType.to_string()));
+    return id;
+  }
+  auto c = std::make_unique<Call>();
+  c->id = id;
+  c->parent_id = opts.parent_id;
+  c->skill = skill;
+  c->func = opts.func;
+  c->input = std::move(input);
+  c->done = std::move(done);
+  c->timeout_ms = skill->limits.timeout_ms;
+  if (opts.timeout_ms && opts.timeout_ms < c->timeout_ms) c->timeout_ms = opts.timeout_ms;
+  c->deadline = Clock::now() + std::chrono::milliseconds(c->timeout_ms);
+  Call& ref = *c;
+  calls_.emplace(id, std::move(c));
+  start(ref);
+  return id;
+}
+
+void SkillRuntime::start(Call& c) {
+  Skill& s = *c.skill;
+  if (s.pool.empty()) {
+    if (auto st = add_instance(s); !st.ok()) return finish(c, st.take_error());
+  }
+  c.inst = std::move(s.pool.back());
+  s.pool.pop_back();
+  c.inst.binding->call = &c;
+
+  if (c.input.size() > 0x7fffffffu) return finish(c, make_error(Code::ResourceExhausted, "input too large"));
+  const auto len = static_cast<int32_t>(c.input.size());
+  c.in_len = len;
+  watchdog_->arm(c.deadline);
+  auto p = c.inst.inst->call("airlock_alloc", std::array{engine::Value::from_i32(len)});
+  watchdog_->disarm();
+  if (!p.ok() || p->empty() || (len > 0 && (*p)[0].i32 == 0)) {
+    Error e = p.ok() ? make_error(Code::ResourceExhausted,
+                                  "cannot allocate " + std::to_string(len) + " bytes of input in the skill (limit " +
+                                      std::to_string(s.limits.max_memory_mb) + " MiB)")
+                     : p.take_error();
+    c.inst.inst.reset();
+    return finish(c, skill_error(s.name, e.code, e.message));
+  }
+  c.in_ptr = (*p)[0].i32;
+  auto mem = c.inst.inst->memory();
+  if (static_cast<uint64_t>(static_cast<uint32_t>(c.in_ptr)) + c.input.size() > mem.size()) {
+    c.inst.inst.reset();
+    return finish(c, skill_error(s.name, Code::Internal, "airlock_alloc returned an out-of-bounds pointer"));
+  }
+  std::memcpy(mem.data() + static_cast<uint32_t>(c.in_ptr), c.input.data(), c.input.size());
+  std::string().swap(c.input);  // the bytes live in the instance now
+  run(c);
+}
+
+void SkillRuntime::run(Call& c) {
+  Skill& s = *c.skill;
+  if (c.state != Call::State::Rewinding) c.state = Call::State::Running;
+  // The skill function gets (ptr, len) on the first run and again on every rewind.
+  const std::array argv{engine::Value::from_i32(c.in_ptr), engine::Value::from_i32(c.in_len)};
+  watchdog_->arm(c.deadline);
+  auto r = c.inst.inst->call(c.func, argv);
+  watchdog_->disarm();
+  if (r.ok() && c.state == Call::State::Unwinding) {
+    auto st = c.inst.inst->call("asyncify_stop_unwind", {});
+    if (!st.ok()) {
+      c.inst.inst.reset();
+      return finish(c, skill_error(s.name, Code::Internal, "asyncify_stop_unwind: " + st.error().message));
+    }
+    return suspend(c);
+  }
+  if (!r.ok()) {
+    Error e = r.take_error();
+    std::string where = "function '" + c.func + "'";
+    if (e.code == Code::Timeout) {
+      e.message = where + " exceeded its time limit of " + std::to_string(c.timeout_ms) + " ms";
+    } else if (c.inst.inst->memory_pages() + kNearMaxPages >= s.max_pages &&
+               (e.code == Code::Trap || e.code == Code::ResourceExhausted)) {
+      e = make_error(Code::ResourceExhausted, where + " exhausted the memory limit of " +
+                                                  std::to_string(s.limits.max_memory_mb) + " MiB (" + e.message + ")");
+    } else {
+      e.message = where + (e.code == Code::Trap ? " trapped: " : " failed: ") + e.message;
+    }
+    c.inst.inst.reset();  // a trapped or terminated instance may be half-updated: never reuse it
+    return finish(c, skill_error(s.name, e.code, e.message, e.trap));
+  }
+  int32_t rc = r->empty() ? 0 : (*r)[0].i32;
+  if (rc == 0) return finish(c, std::move(c.output));
+  // A skill may fail with a status code of its own (e.g. InvalidArgument); other values are Internal.
+  Code code = Code::Internal;
+  if (rc > 0 && rc <= kMaxCode && rc != static_cast<int32_t>(Code::ExtensionCrashed)) code = static_cast<Code>(rc);
+  std::string msg = c.error_msg ? *c.error_msg : "skill returned " + std::to_string(rc);
+  finish(c, skill_error(s.name, code, "function '" + c.func + "' failed: " + msg));
+}
+
+void SkillRuntime::suspend(Call& c) {
+  c.state = Call::State::Suspended;
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(c.deadline - Clock::now()).count();
+  uint64_t id = c.id;
+  c.deadline_timer = Timer::start(loop_, left > 0 ? static_cast<uint64_t>(left) : 0, [this, id] {
+    auto it = calls_.find(id);
+    if (it == calls_.end()) return;
+    Call& call = *it->second;
+    Timer::stop(call.deadline_timer);
+    call.inst.inst.reset();
+    finish(call, skill_error(call.skill->name, Code::Timeout,
+                             "function '" + call.func + "' exceeded its time limit of " +
+                                 std::to_string(call.timeout_ms) + " ms while waiting"));
+  });
+}
+
+// Called when the awaited event completes: rewind the skill into the import.
+void SkillRuntime::resume(Call& c) {
+  Timer::stop(c.deadline_timer);
+  Timer::stop(c.wait_timer);
+  c.wait_token++;
+  auto buf = c.inst.inst->call("airlock_async_buffer", {});
+  if (buf.ok() && !buf->empty()) {
+    auto st = c.inst.inst->call("asyncify_start_rewind", std::array{(*buf)[0]});
+    if (st.ok()) {
+      c.state = Call::State::Rewinding;
+      return run(c);
+    }
+  }
+  c.inst.inst.reset();
+  finish(c, skill_error(c.skill->name, Code::Internal, "could not resume after a wait (asyncify rewind failed)"));
+}
+
+void SkillRuntime::finish(Call& c, Result<std::string> r) {
+  Timer::stop(c.deadline_timer);
+  Timer::stop(c.wait_timer);
+  Skill& s = *c.skill;
+  if (!c.stdout_line.empty()) log(2, s.name, c.stdout_line);
+  if (!c.stderr_line.empty()) log(3, s.name, c.stderr_line);
+  if (c.inst.inst && c.state != Call::State::Suspended) {
+    c.inst.binding->call = nullptr;
+    bool keep = false;
+    if (s.limits.fresh == FreshState::Reuse) {
+      keep = true;
+    } else if (s.limits.fresh == FreshState::Reset && r.ok()) {
+      // A normal return restored the shadow stack; restoring memory restores the rest.
+      // Grown memory cannot shrink, so such an instance is dropped instead.
+      auto mem = c.inst.inst->memory();
+      if (mem.size() == c.inst.snapshot.size()) {
+        std::memcpy(mem.data(), c.inst.snapshot.data(), mem.size());
+        stats_.resets++;
+        keep = true;
+      }
+    }
+    if (keep && s.pool.size() < kPoolMax) s.pool.push_back(std::move(c.inst));
+  }
+  CallDone done = std::move(c.done);
+  auto keep_alive = calls_.extract(c.id);  // c is destroyed at the end of this scope
+  done(std::move(r));
+}
+
+void SkillRuntime::cancel(uint64_t call_id) {
+  auto it = calls_.find(call_id);
+  if (it == calls_.end() || it->second->state != Call::State::Suspended) return;
+  Call& c = *it->second;
+  c.inst.inst.reset();
+  finish(c, skill_error(c.skill->name, Code::Cancelled, "function '" + c.func + "' was cancelled"));
+}
+
+void SkillRuntime::cancel_all(const Error& error) {
+  std::vector<uint64_t> ids;
+  for (const auto& [id, c] : calls_) ids.push_back(id);
+  for (auto id : ids) {
+    auto it = calls_.find(id);
+    if (it == calls_.end()) continue;
+    it->second->inst.inst.reset();
+    finish(*it->second, error);
+  }
+}
+
+namespace {
+const std::unordered_map<std::string, engine::FuncType>& provided_imports() {
+  static const auto table = [] {
+    std::unordered_map<std::string, engine::FuncType> t;
+    for (auto& f : abi_imports()) t[f.module + "." + f.name] = f.type;
+    for (auto& f : wasi_imports()) t[f.module + "." + f.name] = f.type;
+    return t;
+  }();
+  return table;
+}
+}  // namespace
+
+}  // namespace airlock::runtime

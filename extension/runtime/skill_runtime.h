@@ -1,0 +1,121 @@
+// The skill runtime: loads skills (wasm modules) into one engine and runs calls on a
+// libuv loop thread. A call that waits (airlock.wait, airlock.call) is suspended with
+// asyncify and parked without holding the thread, so one runtime holds thousands of
+// waiting calls. Every call runs on a fresh instance state (see FreshState).
+//
+// Threading: construct, use and destroy on the loop's thread. Completion callbacks run
+// on that thread too (possibly before call() returns).
+#pragma once
+
+#include <uv.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "airlock/status.h"
+#include "engine/engine.h"
+
+namespace airlock::runtime {
+
+// How a call gets a state no other call has seen.
+enum class FreshState : uint8_t {
+  Reset,          // reuse an instance after restoring its memory snapshot (default; falls back to a new instance)
+  Reinstantiate,  // always a new instance (slowest, simplest)
+  Reuse,          // keep one instance across calls (the skill author opts out of isolation)
+};
+
+struct SkillLimits {
+  uint32_t max_memory_mb = 64;
+  uint32_t timeout_ms = 10'000;  // wall clock per call, waits included
+  FreshState fresh = FreshState::Reset;
+};
+
+struct CallOptions {
+  std::string func = "run";
+  uint32_t timeout_ms = 0;  // 0: the skill's limit; otherwise min(this, the skill's limit)
+  uint64_t parent_id = 0;   // the request this call belongs to (call chains)
+};
+
+// Who is calling a host service: passed to the service handler.
+struct ServiceCall {
+  uint64_t call_id;     // the skill call making the request
+  uint64_t parent_id;   // that call's parent request
+  std::string_view skill;
+  std::chrono::steady_clock::time_point deadline;
+};
+
+using CallDone = std::function<void(Result<std::string>)>;
+using ServiceReply = std::function<void(Result<std::string>)>;
+// Handles airlock.call from a skill. Reply exactly once, on the loop thread, now or later.
+// Returns an id the runtime can hand to the cancel hook if the call is abandoned.
+using ServiceHandler = std::function<void(const ServiceCall&, std::string service, std::string input, ServiceReply)>;
+// Receives skill log lines (airlock.log, stdout, stderr). level: spdlog numbering.
+using LogSink = std::function<void(int level, std::string_view skill, std::string_view line)>;
+
+struct RuntimeStats {
+  uint64_t calls = 0;
+  uint64_t instantiations = 0;
+  uint64_t resets = 0;
+  size_t in_flight = 0;
+  size_t suspended = 0;
+};
+
+class SkillRuntime {
+ public:
+  explicit SkillRuntime(uv_loop_t* loop, engine::EngineConfig config = {});
+  ~SkillRuntime();
+  SkillRuntime(const SkillRuntime&) = delete;
+  SkillRuntime& operator=(const SkillRuntime&) = delete;
+
+  // Validates, limits and compiles a skill. Errors name the skill and the reason.
+  Status load(const std::string& name, std::span<const uint8_t> wasm, const SkillLimits& limits = {});
+  Status load_file(const std::string& name, const std::string& path, const SkillLimits& limits = {});
+  Status unload(const std::string& name);  // in-flight calls of the skill finish first
+  std::vector<std::string> skills() const;
+  bool has_skill(std::string_view name) const;
+
+  // Starts a call; `done` runs exactly once. Returns the call id (for cancel).
+  uint64_t call(std::string_view skill, std::string input, const CallOptions& opts, CallDone done);
+  // Cancels a suspended call (its wait or host-service call is abandoned): Cancelled.
+  void cancel(uint64_t call_id);
+  // Fails every in-flight call with `error` (shutdown).
+  void cancel_all(const Error& error);
+
+  void set_service_handler(ServiceHandler h) { service_handler_ = std::move(h); }
+  void set_log_sink(LogSink s) { log_sink_ = std::move(s); }
+  RuntimeStats stats() const;
+  void log(int level, std::string_view skill, std::string_view line);
+  std::string_view engine_name() const { return engine_->name(); }
+
+  struct Skill;
+  struct Call;
+
+ private:
+  friend struct AbiImports;  // the suspending imports drive suspend()/resume()
+  void start(Call& c);
+  void run(Call& c);
+  void finish(Call& c, Result<std::string> r);
+  void suspend(Call& c);
+  void resume(Call& c);
+  Status add_instance(Skill& s);
+
+  uv_loop_t* loop_;
+  std::unique_ptr<engine::Engine> engine_;
+  std::unique_ptr<class Watchdog> watchdog_;
+  std::unordered_map<std::string, std::shared_ptr<Skill>> skills_;
+  std::unordered_map<uint64_t, std::unique_ptr<Call>> calls_;
+  uint64_t next_call_id_ = 1;
+  ServiceHandler service_handler_;
+  LogSink log_sink_;
+  RuntimeStats stats_;
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // service replies check it after we are gone
+};
+
+}  // namespace airlock::runtime

@@ -7,7 +7,7 @@ namespace airlock::proto {
 
 std::string_view frame_name(const Frame& f) {
   static constexpr std::string_view kNames[] = {
-      "Request", "Response", "Cancel", "LoadSkill", "UnloadSkill",
+      "Request", "Response", "Cancel",   "LoadSkill", "UnloadSkill",
       "Ready",   "Health",   "Shutdown", "Log",
   };
   static_assert(std::size(kNames) == std::variant_size_v<Frame>);

@@ -38,7 +38,8 @@ Error invalid(std::string what) {
   return make_error(Code::InvalidArgument, "invalid protobuf frame: " + std::move(what));
 }
 
-void put_refs(const std::vector<ShmRef>& refs, google::protobuf::RepeatedPtrField<v1::ShmRef>* out) {
+void put_refs(const std::vector<ShmRef>& refs,
+              google::protobuf::RepeatedPtrField<v1::ShmRef>* out) {
   out->Reserve(static_cast<int>(refs.size()));
   for (const ShmRef& r : refs) {
     v1::ShmRef* p = out->Add();
@@ -145,9 +146,11 @@ Result<Frame> convert(const v1::Frame& m) {
     case v1::Frame::kCancel: return Frame(Cancel{m.cancel().id()});
     case v1::Frame::kLoadSkill: {
       const v1::LoadSkill& p = m.load_skill();
-      return Frame(LoadSkill{p.id(), p.name(), p.wasm(), p.path(), p.max_memory_pages(), p.timeout_ms()});
+      return Frame(
+          LoadSkill{p.id(), p.name(), p.wasm(), p.path(), p.max_memory_pages(), p.timeout_ms()});
     }
-    case v1::Frame::kUnloadSkill: return Frame(UnloadSkill{m.unload_skill().id(), m.unload_skill().name()});
+    case v1::Frame::kUnloadSkill:
+      return Frame(UnloadSkill{m.unload_skill().id(), m.unload_skill().name()});
     case v1::Frame::kReady: {
       const v1::Ready& p = m.ready();
       return Frame(Ready{p.protocol_version(), p.pid(), p.name()});
@@ -156,12 +159,24 @@ Result<Frame> convert(const v1::Frame& m) {
     case v1::Frame::kShutdown: return Frame(Shutdown{m.shutdown().grace_ms()});
     case v1::Frame::kLog: {
       const v1::Log& p = m.log();
-      if (p.level() > kMaxLogLevel) return invalid("Log.level out of range: " + std::to_string(p.level()));
+      if (p.level() > kMaxLogLevel)
+        return invalid("Log.level out of range: " + std::to_string(p.level()));
       return Frame(Log{static_cast<uint8_t>(p.level()), p.message()});
     }
     case v1::Frame::KIND_NOT_SET: break;
   }
   return invalid("no frame set (empty oneof)");
+}
+
+// validate() and the cheap size bound, before anything is copied into msg.
+Status check_before_encoding(const Frame& f, uint32_t max_frame) {
+  if (Status s = validate(f); !s.ok()) return s;
+  if (const uint64_t at_least = inline_bytes(f); at_least > max_frame) {
+    return make_error(Code::ResourceExhausted, "frame of at least " + std::to_string(at_least) +
+                                                   " bytes exceeds max frame size " +
+                                                   std::to_string(max_frame) + " bytes");
+  }
+  return ok_status();
 }
 
 }  // namespace
@@ -179,13 +194,14 @@ void to_proto(Frame&& f, v1::Frame* msg) {
 }
 
 Status encode_proto(Frame&& f, v1::Frame* msg, uint32_t max_frame) {
-  if (Status s = validate(f); !s.ok()) return s;
-  if (const uint64_t at_least = inline_bytes(f); at_least > max_frame) {
-    return make_error(Code::ResourceExhausted, "frame of at least " + std::to_string(at_least) +
-                                                   " bytes exceeds max frame size " +
-                                                   std::to_string(max_frame) + " bytes");
-  }
+  if (Status s = check_before_encoding(f, max_frame); !s.ok()) return s;
   to_proto(std::move(f), msg);
+  return check_frame_size(*msg, max_frame);
+}
+
+Status encode_proto(const Frame& f, v1::Frame* msg, uint32_t max_frame) {
+  if (Status s = check_before_encoding(f, max_frame); !s.ok()) return s;
+  to_proto(f, msg);
   return check_frame_size(*msg, max_frame);
 }
 

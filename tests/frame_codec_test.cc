@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -21,10 +23,12 @@ using namespace std::string_literals;
 // Every frame type, with a non-default value in every field, binary data with zero bytes
 // and text that is not UTF-8.
 std::vector<Frame> sample_frames() {
+  // clang-format off
   return {
       Request{0x0102030405060708ull, 42, 1'500'000, "echo", "run", "\0\x01\xff bin\0"s,
               {{1, 2, 3}, {UINT64_MAX, 4096, 1u << 20}}},
-      Response{77, Code::Trap, TrapKind::MemoryOutOfBounds, "oob at 0x10\0!"s, "\0res\0"s, {{9, 8, 7}}},
+      Response{77, Code::Trap, TrapKind::MemoryOutOfBounds, "oob at 0x10\0!"s, "\0res\0"s,
+               {{9, 8, 7}}},
       Cancel{UINT64_MAX},
       LoadSkill{5, "resize", "\0asm\x01\0\0\0"s, "/skills/resize.wasm", 256, 3000},
       UnloadSkill{6, "resize"},
@@ -33,6 +37,7 @@ std::vector<Frame> sample_frames() {
       Shutdown{2500},
       Log{5, "critical: \xff\xfe not utf-8"},
   };
+  // clang-format on
 }
 
 Frame big_request(size_t bytes) {
@@ -109,8 +114,9 @@ struct Mp {
 // ------------------------------------------------------------------ frames
 
 TEST(Frame, NamesAndValidation) {
-  const std::vector<std::string_view> names = {"Request", "Response", "Cancel", "LoadSkill", "UnloadSkill",
-                                               "Ready",   "Health",   "Shutdown", "Log"};
+  const std::vector<std::string_view> names = {"Request",   "Response",    "Cancel",
+                                               "LoadSkill", "UnloadSkill", "Ready",
+                                               "Health",    "Shutdown",    "Log"};
   std::vector<Frame> frames = sample_frames();
   ASSERT_EQ(frames.size(), names.size());
   for (size_t k = 0; k < frames.size(); ++k) {
@@ -133,7 +139,8 @@ TEST(Msgpack, RoundTripEveryFrameType) {
     ASSERT_TRUE(r.ok()) << frame_name(f) << ": " << r.error().to_string();
     EXPECT_EQ(r.value(), f) << frame_name(f);
   }
-  for (const Frame& f : std::vector<Frame>{Request{}, Response{}, Ready{}, Log{}}) {  // defaults too
+  for (const Frame& f :
+       std::vector<Frame>{Request{}, Response{}, Ready{}, Log{}}) {  // defaults too
     Result<Frame> r = decode_one(encode(f));
     ASSERT_TRUE(r.ok()) << r.error().to_string();
     EXPECT_EQ(r.value(), f);
@@ -145,7 +152,20 @@ TEST(Msgpack, WireLayoutIsTheDocumentedOne) {
   Result<Frame> r = decode_one(Mp{}.arr(4).u(6).u(1).neg(-5).str("ext-a").frame());
   ASSERT_TRUE(r.ok()) << r.error().to_string();
   EXPECT_EQ(r.value(), Frame(Ready{1, -5, "ext-a"}));
-  r = decode_one(Mp{}.arr(8).u(1).u(1).u(2).u(3).str("t").str("m").bin("p").arr(1).arr(3).u(4).u(5).u(6).frame());
+  r = decode_one(Mp{}.arr(8)
+                     .u(1)
+                     .u(1)
+                     .u(2)
+                     .u(3)
+                     .str("t")
+                     .str("m")
+                     .bin("p")
+                     .arr(1)
+                     .arr(3)
+                     .u(4)
+                     .u(5)
+                     .u(6)
+                     .frame());
   ASSERT_TRUE(r.ok()) << r.error().to_string();
   EXPECT_EQ(r.value(), Frame(Request{1, 2, 3, "t", "m", "p", {{4, 5, 6}}}));
 }
@@ -172,15 +192,24 @@ TEST(Msgpack, BackToBackFrames) {
   EXPECT_EQ(d.buffered(), 0u);
 }
 
-// Feeds stream in chunks of random size (1..max_chunk), taking frames after each chunk.
+// Feeds stream in chunks of random size (1..max_chunk), alternating between feed() and
+// prepare()/commit(), taking frames after each chunk.
 std::vector<Frame> decode_chunked(const std::string& stream, size_t max_chunk, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_int_distribution<size_t> len(1, max_chunk);
   MsgpackDecoder d;
   std::vector<Frame> out;
   for (size_t at = 0; at < stream.size();) {
-    const size_t n = std::min(len(rng), stream.size() - at);
-    d.feed(stream.data() + at, n);
+    size_t n = std::min(len(rng), stream.size() - at);
+    if (rng() % 2) {
+      d.feed(stream.data() + at, n);
+    } else {
+      std::span<char> space = d.prepare(n);
+      EXPECT_GE(space.size(), n);
+      n = std::min(space.size(), n);
+      std::memcpy(space.data(), stream.data() + at, n);
+      d.commit(n);
+    }
     at += n;
     while (std::optional<Result<Frame>> r = d.next()) {
       EXPECT_TRUE(r->ok()) << r->error().to_string();
@@ -208,9 +237,25 @@ TEST(Msgpack, RandomChunks) {
   for (const Frame& f : frames) ASSERT_TRUE(encode_msgpack(f, stream).ok());
   for (uint32_t seed = 1; seed <= 4; ++seed) {
     for (size_t max_chunk : {7u, 1000u, 70'000u, 5'000'000u}) {
-      EXPECT_TRUE(decode_chunked(stream, max_chunk, seed) == frames) << "seed " << seed << " chunk " << max_chunk;
+      EXPECT_TRUE(decode_chunked(stream, max_chunk, seed) == frames)
+          << "seed " << seed << " chunk " << max_chunk;
     }
   }
+}
+
+TEST(Msgpack, PrepareReservesTheWholeFrame) {
+  const std::string wire = encode(big_request(1u << 20));
+  MsgpackDecoder d;
+  d.feed(wire.data(), 100);
+  EXPECT_FALSE(d.next());
+  std::span<char> space = d.prepare(1);  // room for the rest of the frame in one read
+  ASSERT_GE(space.size(), wire.size() - 100);
+  std::memcpy(space.data(), wire.data() + 100, wire.size() - 100);
+  d.commit(wire.size() - 100);
+  std::optional<Result<Frame>> r = d.next();
+  ASSERT_TRUE(r && r->ok());
+  EXPECT_TRUE(r->value() == big_request(1u << 20));
+  EXPECT_EQ(d.buffered(), 0u);
 }
 
 TEST(Msgpack, EncoderRefusesOversizedFrames) {
@@ -227,7 +272,8 @@ TEST(Msgpack, EncoderRefusesOversizedFrames) {
   EXPECT_NE(s.error().message.find("1001"), std::string::npos) << s.error().message;
   EXPECT_EQ(out, "keep");
   // Exactly at the limit is fine, on both sides.
-  const uint32_t exact = static_cast<uint32_t>(encode(big_request(1000)).size() - kMsgpackHeaderBytes);
+  const uint32_t exact =
+      static_cast<uint32_t>(encode(big_request(1000)).size() - kMsgpackHeaderBytes);
   ASSERT_TRUE(encode_msgpack(big_request(1000), out, exact).ok());
   EXPECT_TRUE(decode_one(out.substr(4), exact).ok());
 }
@@ -279,12 +325,18 @@ TEST(Msgpack, MalformedInputIsAnError) {
   std::string nested;
   for (int k = 0; k < 10'000; ++k) nested += '\x91';
   nested += '\x01';
+  // Frame prefixes up to (not including) the field under test.
+  auto request = [] { return Mp{}.arr(8).u(1).u(1).u(2).u(3); };  // then target, ...
+  auto response = [](uint64_t code, uint64_t trap) {              // then shm_refs
+    return Mp{}.arr(7).u(2).u(1).u(code).u(trap).str("").bin("");
+  };
+  // clang-format off
   const std::vector<BadCase> cases = {
-      {"empty frame", "", "empty"},
-      {"not an array", Mp{}.u(1).b, "non-empty array"},
+      {"empty frame", "", "empty frame"},
+      {"not an array", Mp{}.u(1).b, "not an array"},
       {"map", Mp{}.raw("\x81").u(1).u(2).b, "map size overflow"},
-      {"empty array", Mp{}.arr(0).b, "non-empty array"},
-      {"tag is a string", Mp{}.arr(2).str("x").u(1).b, "tag"},
+      {"empty array", Mp{}.arr(0).b, "empty array"},
+      {"tag is a string", Mp{}.arr(2).str("x").u(1).b, "frame tag is a str"},
       {"tag 0", Mp{}.arr(2).u(0).u(1).b, "unknown frame tag 0"},
       {"tag 10", Mp{}.arr(2).u(10).u(1).b, "unknown frame tag 10"},
       {"huge tag", Mp{}.arr(2).u(UINT64_MAX).u(1).b, "unknown frame tag"},
@@ -294,35 +346,37 @@ TEST(Msgpack, MalformedInputIsAnError) {
       {"negative id", Mp{}.arr(2).u(7).neg(-1).b, "Health.id"},
       {"float id", Mp{}.arr(2).u(7).raw("\xcb").be(0, 8).b, "got float"},
       {"nil field", Mp{}.arr(3).u(5).u(1).raw("\xc0").b, "UnloadSkill.name: expected str, got nil"},
-      {"payload as str", Mp{}.arr(8).u(1).u(1).u(2).u(3).str("t").str("m").str("p").arr(0).b, "payload: expected bin"},
-      {"target as bin", Mp{}.arr(8).u(1).u(1).u(2).u(3).bin("t").str("m").bin("p").arr(0).b, "target: expected str"},
-      {"refs not an array", Mp{}.arr(7).u(2).u(1).u(0).u(0).str("").bin("").u(5).b, "shm_refs"},
-      {"ref of 2", Mp{}.arr(7).u(2).u(1).u(0).u(0).str("").bin("").arr(1).arr(2).u(1).u(2).b, "element 0"},
-      {"ref field str", Mp{}.arr(7).u(2).u(1).u(0).u(0).str("").bin("").arr(1).arr(3).u(1).str("x").u(2).b,
-       "shm_refs.offset"},
-      {"too many refs", Mp{}.arr(7).u(2).u(1).u(0).u(0).str("").bin("").arr(kMaxShmRefs + 1).b, "array size overflow"},
-      {"code out of range", Mp{}.arr(7).u(2).u(1).u(11).u(0).str("").bin("").arr(0).b, "code out of range"},
-      {"code > 255", Mp{}.arr(7).u(2).u(1).u(256).u(0).str("").bin("").arr(0).b, "Response.code"},
-      {"trap out of range", Mp{}.arr(7).u(2).u(1).u(3).u(9).str("").bin("").arr(0).b, "trap out of range"},
+      {"payload as str", request().str("t").str("m").str("p").arr(0).b, "payload: expected bin"},
+      {"target as bin", request().bin("t").str("m").bin("p").arr(0).b, "target: expected str"},
+      {"refs not an array", response(0, 0).u(5).b, "Response.shm_refs: expected array"},
+      {"ref of 2", response(0, 0).arr(1).arr(2).u(1).u(2).b, "element 0"},
+      {"ref field str", response(0, 0).arr(1).arr(3).u(1).str("x").u(2).b, "shm_refs.offset"},
+      {"too many refs", response(0, 0).arr(kMaxShmRefs + 1).b, "array size overflow"},
+      {"code out of range", response(11, 0).arr(0).b, "code out of range"},
+      {"code > 255", response(256, 0).arr(0).b, "Response.code"},
+      {"trap out of range", response(3, 9).arr(0).b, "trap out of range"},
       {"log level", Mp{}.arr(3).u(9).u(7).str("m").b, "level out of range"},
-      {"uint32 overflow", Mp{}.arr(2).u(8).u(1ull << 32).b, "Shutdown.grace_ms: value 4294967296 out of range"},
+      {"uint32 overflow", Mp{}.arr(2).u(8).u(1ull << 32).b, "grace_ms: value 4294967296 out of"},
       {"pid overflow", Mp{}.arr(4).u(6).u(1).u(1ull << 31).str("n").b, "Ready.pid"},
       {"pid underflow", Mp{}.arr(4).u(6).u(1).neg(-(1ll << 31) - 1).str("n").b, "Ready.pid"},
       {"trailing garbage", Mp{}.arr(2).u(3).u(1).raw("\xc0").b, "1 trailing bytes"},
-      {"truncated str", Mp{}.arr(3).u(5).u(1).raw("\xdb").be(10, 4).raw("ab").b, "insufficient bytes"},
+      {"truncated str", Mp{}.arr(3).u(5).u(1).raw("\xdb").be(10, 4).raw("ab").b, "insufficient"},
       {"truncated array", Mp{}.arr(8).u(1).u(1).b, "insufficient bytes"},
       {"never-used byte 0xc1", "\xc1", "parse error"},
       {"ext", Mp{}.arr(2).u(3).raw("\xd4\x01\x02").b, "ext size overflow"},
       {"deep nesting", nested, "depth size overflow"},
       {"huge array header", Mp{}.raw("\xdd\xff\xff\xff\xff").b, "array size overflow"},
-      {"huge str header", Mp{}.arr(3).u(5).u(1).raw("\xdb\xff\xff\xff\xff").b, "insufficient bytes"},
-      {"huge bin header", Mp{}.arr(4).u(4).u(1).str("n").raw("\xc6\xff\xff\xff\xff").b, "insufficient bytes"},
+      {"huge str header", Mp{}.arr(3).u(5).u(1).raw("\xdb\xff\xff\xff\xff").b, "insufficient"},
+      {"huge bin header", Mp{}.arr(4).u(4).u(1).str("n").raw("\xc6\xff\xff\xff\xff").b,
+       "insufficient bytes"},
   };
+  // clang-format on
   for (const BadCase& c : cases) {
     Result<Frame> r = decode_one(le32(static_cast<uint32_t>(c.body.size())) + c.body);
     ASSERT_FALSE(r.ok()) << c.name;
     EXPECT_EQ(r.error().code, Code::InvalidArgument) << c.name << ": " << r.error().to_string();
-    EXPECT_NE(r.error().message.find(c.expect), std::string::npos) << c.name << ": " << r.error().message;
+    EXPECT_NE(r.error().message.find(c.expect), std::string::npos)
+        << c.name << ": " << r.error().message;
   }
 }
 
@@ -360,7 +414,8 @@ TEST(Msgpack, FuzzDoesNotCrash) {
   for (const Frame& f : sample_frames()) valid.push_back(encode(f));
   for (int k = 0; k < 50'000; ++k) {
     std::string wire = valid[rng() % valid.size()];
-    for (int flips = 1 + rng() % 3; flips > 0; --flips) wire[4 + rng() % (wire.size() - 4)] = byte();
+    for (int flips = 1 + rng() % 3; flips > 0; --flips)
+      wire[4 + rng() % (wire.size() - 4)] = byte();
     Result<Frame> r = decode_one(wire);
     if (r.ok()) {
       EXPECT_TRUE(validate(r.value()).ok());

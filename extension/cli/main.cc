@@ -13,6 +13,7 @@
 #include <iterator>
 
 #include "runtime/skill_runtime.h"
+#include "serve/server.h"
 
 using namespace airlock;
 
@@ -97,9 +98,25 @@ int main(int argc, char** argv) {
   run->add_option("--fresh", ra.fresh, "Fresh state per call: reset, reinstantiate or reuse")
       ->capture_default_str()->check(CLI::IsMember({"reset", "reinstantiate", "reuse"}));
 
+  serve::ServeOptions so;
+  std::string transport = "msgpack";
+  auto* srv = app.add_subcommand("serve", "Serve a host over an inherited socket (started by the host library)");
+  srv->add_option("--fd", so.fd, "Inherited connected AF_UNIX socket")->capture_default_str();
+  srv->add_option("--name", so.name, "Extension name (tags log lines)")->capture_default_str();
+  srv->add_option("--transport", transport, "msgpack or grpc")->capture_default_str()
+      ->check(CLI::IsMember({"msgpack", "grpc"}));
+  srv->add_option("--parent-pid", so.parent_pid, "Exit at once unless this is our parent's pid");
+  srv->add_option("--max-frame-bytes", so.max_frame_bytes, "Largest frame accepted or sent")->capture_default_str();
+  srv->add_option("--max-memory-mb", so.default_max_memory_mb, "Default memory limit of skills")->capture_default_str();
+  srv->add_option("--timeout-ms", so.default_timeout_ms, "Default time limit per call")->capture_default_str();
+
   CLI11_PARSE(app, argc, argv);
   spdlog::set_default_logger(spdlog::stderr_color_st("airlock-extension"));
   spdlog::set_level(spdlog::level::from_str(log_level));
   if (run->parsed()) return run_skill(ra);
+  if (srv->parsed()) {
+    so.encoding = *proto::parse_encoding(transport);
+    return serve::serve(so);
+  }
   return 2;
 }

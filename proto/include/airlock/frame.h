@@ -104,8 +104,8 @@ struct Log {
 
 // The variant order is part of nothing on the wire: each encoding has its own explicit
 // tags. Append new frame types at the end anyway.
-using Frame = std::variant<Request, Response, Cancel, LoadSkill, UnloadSkill, Ready, Health,
-                           Shutdown, Log>;
+using Frame =
+    std::variant<Request, Response, Cancel, LoadSkill, UnloadSkill, Ready, Health, Shutdown, Log>;
 
 std::string_view frame_name(const Frame& f);  // "Request", "Response", ...
 

@@ -2,9 +2,9 @@
 //
 // Wire layout of one frame:
 //
-//   +--------------------+----------------------------------------------+
-//   | N: uint32 LE (4 B) | N bytes: exactly one msgpack array            |
-//   +--------------------+----------------------------------------------+
+//   +--------------------+------------------------------------+
+//   | N: uint32 LE (4 B) | N bytes: exactly one msgpack array |
+//   +--------------------+------------------------------------+
 //
 // The array is [tag, field...] with the fields in the order below; its length must be
 // exactly 1 + the number of fields. uint = msgpack positive int (any width), str = msgpack
@@ -21,13 +21,19 @@
 //   8 Shutdown     [8, grace_ms]
 //   9 Log          [9, level, message:str]
 //
+// Decoders refuse anything else (maps, ext, floats, nil, deeper nesting, bytes after the
+// array, enum values out of range), and allocate at most a small multiple of the frame's
+// size: array headers are capped at kMaxShmRefs elements before anything is allocated.
+//
 // Tags equal the oneof field numbers in airlock.proto. Tags and field order are the
 // protocol: never renumber or reorder; add a new tag instead of changing a layout.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "airlock/frame.h"
@@ -44,31 +50,44 @@ Status encode_msgpack(const Frame& f, std::string& out, uint32_t max_frame = kDe
 
 // Decodes one frame body: the N bytes after the length prefix. Same errors as
 // MsgpackDecoder::next(). For transports that delimit frames themselves.
-Result<Frame> decode_msgpack_body(const char* data, size_t len, uint32_t max_frame = kDefaultMaxFrameBytes);
+Result<Frame> decode_msgpack_body(const char* data, size_t len,
+                                  uint32_t max_frame = kDefaultMaxFrameBytes);
 
 // Incremental decoder for a byte stream: feed whatever arrived, take complete frames.
-// Costs one copy of the bytes into its buffer and one out into the frame's strings.
+// Once a frame's length is known its whole size is reserved, so a large frame arriving in
+// pieces is copied into the buffer once; with prepare()/commit() not even that.
 class MsgpackDecoder {
  public:
   explicit MsgpackDecoder(uint32_t max_frame = kDefaultMaxFrameBytes);
 
   void feed(const char* data, size_t len);
 
+  // Zero-copy alternative to feed(), for readers that read into memory they are given
+  // (libuv's alloc callback): returns writable space of at least min_bytes, more when a
+  // partly received frame needs more; read into it, then commit(bytes_read). The span is
+  // valid until the next call to any other member.
+  std::span<char> prepare(size_t min_bytes);
+  void commit(size_t len);
+
   // Next complete frame; std::nullopt if more bytes are needed. Errors are sticky (the
   // stream has lost framing and is unusable afterwards; every later call returns the same
   // error): InvalidArgument for malformed frames, saying what was wrong; ResourceExhausted
-  // when the announced length is above max_frame (checked before anything is buffered).
+  // when the announced length is above max_frame (checked before the body is buffered).
   std::optional<Result<Frame>> next();
 
   // Bytes received but not yet returned as frames.
-  size_t buffered() const { return buf_.size() - pos_; }
+  size_t buffered() const { return end_ - begin_; }
 
  private:
-  void compact();
+  size_t missing() const;           // bytes the partly received frame still needs, or 0
+  void reserve_tail(size_t bytes);  // ensures cap_ - end_ >= bytes
 
   uint32_t max_frame_;
-  std::string buf_;
-  size_t pos_ = 0;  // start of the first unread byte in buf_
+  // A plain array rather than std::string: prepare() must hand out space without zeroing.
+  std::unique_ptr<char[]> buf_;
+  size_t cap_ = 0;
+  size_t begin_ = 0;  // first unread byte
+  size_t end_ = 0;    // one past the last received byte
   std::optional<Error> error_;
 };
 

@@ -15,8 +15,11 @@ void to_proto(const Frame& f, airlock::v1::Frame* msg);
 void to_proto(Frame&& f, airlock::v1::Frame* msg);
 
 // validate(f), then to_proto, then check_frame_size: what a gRPC sender should call, so
-// it refuses what the peer would refuse instead of breaking the stream.
+// it refuses what the peer would refuse instead of breaking the stream. If only the exact
+// size check fails, the rvalue overload has already moved f's strings into msg.
 Status encode_proto(Frame&& f, airlock::v1::Frame* msg, uint32_t max_frame = kDefaultMaxFrameBytes);
+Status encode_proto(const Frame& f, airlock::v1::Frame* msg,
+                    uint32_t max_frame = kDefaultMaxFrameBytes);
 
 // ResourceExhausted (naming both sizes) if msg serializes to more than max_frame bytes.
 // Exact; caches the size in msg so serializing afterwards does not compute it again.

@@ -1,0 +1,236 @@
+#include "serve/server.h"
+
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/sinks/null_sink.h>
+#include <spdlog/spdlog.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <mutex>
+#include <unordered_map>
+
+#include "runtime/skill_runtime.h"
+
+namespace airlock::serve {
+namespace {
+
+using proto::Frame;
+
+// Ids of requests the extension sends to the host (service calls) have the top bit set,
+// so they never collide with the host's request ids on the same channel.
+constexpr uint64_t kExtensionIdBit = 1ull << 63;
+
+class Server;
+
+// Forwards the extension's own log lines to the host as Log frames.
+class ChannelSink final : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
+ public:
+  explicit ChannelSink(Server* s) : server_(s) {}
+  void sink_it_(const spdlog::details::log_msg& msg) override;
+  void flush_() override {}
+
+ private:
+  Server* server_;
+};
+
+class Server {
+ public:
+  explicit Server(const ServeOptions& o) : opts_(o) {
+    uv_loop_init(&loop_);
+    runtime_ = std::make_unique<runtime::SkillRuntime>(&loop_);
+    channel_ = proto::make_channel(o.encoding, proto::Role::Extension, &loop_, o.fd, o.max_frame_bytes);
+  }
+
+  ~Server() {
+    runtime_.reset();
+    channel_.reset();
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_loop_close(&loop_);
+  }
+
+  int run() {
+    runtime_->set_log_sink([this](int level, std::string_view skill, std::string_view line) {
+      send_log(level, "[skill " + std::string(skill) + "] " + std::string(line));
+    });
+    runtime_->set_service_handler([this](const runtime::ServiceCall& c, std::string service, std::string input,
+                                         runtime::ServiceReply reply) { call_host(c, std::move(service), std::move(input), std::move(reply)); });
+    channel_->start({[this](Frame&& f) { on_frame(std::move(f)); },
+                     [this](const Error& e) {
+                       spdlog::debug("channel closed: {}", e.to_string());
+                       host_gone_ = true;
+                       shutdown_now();
+                     }});
+    auto logger = std::make_shared<spdlog::logger>(opts_.name, std::make_shared<ChannelSink>(this));
+    logger->set_level(spdlog::get_level());
+    spdlog::set_default_logger(logger);
+    (void)channel_->send(proto::Ready{proto::kProtocolVersion, static_cast<int32_t>(getpid()), opts_.name});
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    return exit_code_;
+  }
+
+  void send_log(int level, std::string message) {
+    if (host_gone_ || !channel_) return;
+    (void)channel_->send(proto::Log{static_cast<uint8_t>(level), std::move(message)});
+  }
+
+ private:
+  void reply(uint64_t id, Result<std::string> r) {
+    proto::Response resp;
+    resp.id = id;
+    if (r.ok()) {
+      resp.payload = std::move(r.value());
+    } else {
+      resp.code = r.error().code;
+      resp.trap = r.error().trap;
+      resp.error = r.error().message;
+    }
+    if (auto st = channel_->send(resp); !st.ok() && st.error().code == Code::ResourceExhausted) {
+      // The answer itself is too large for a frame: say so instead of going silent.
+      proto::Response small;
+      small.id = id;
+      small.code = Code::ResourceExhausted;
+      small.error = "response too large: " + st.error().message;
+      (void)channel_->send(small);
+    }
+  }
+
+  void on_frame(Frame&& f) {
+    std::visit([this](auto&& fr) { handle(std::move(fr)); }, std::move(f));
+  }
+
+  void handle(proto::Request&& r) {
+    if (draining_) return reply(r.id, make_error(Code::Unavailable, "extension '" + opts_.name + "' is shutting down"));
+    runtime::CallOptions o;
+    o.func = r.method.empty() ? "run" : r.method;
+    o.parent_id = r.id;
+    if (r.timeout_us) o.timeout_ms = static_cast<uint32_t>(std::max<uint64_t>(1, r.timeout_us / 1000));
+    uint64_t host_id = r.id;
+    in_flight_[host_id] = 0;
+    uint64_t call_id = runtime_->call(r.target, std::move(r.payload), o, [this, host_id](Result<std::string> res) {
+      in_flight_.erase(host_id);
+      reply(host_id, std::move(res));
+      maybe_finish_drain();
+    });
+    auto it = in_flight_.find(host_id);
+    if (it != in_flight_.end()) it->second = call_id;  // still running (suspended): cancellable
+  }
+
+  void handle(proto::Response&& r) {
+    auto it = host_calls_.find(r.id);
+    if (it == host_calls_.end()) return;  // the skill's call was cancelled meanwhile
+    auto done = std::move(it->second);
+    host_calls_.erase(it);
+    if (r.code == Code::Ok) {
+      done(std::move(r.payload));
+    } else {
+      done(make_error(r.code, std::move(r.error), r.trap));
+    }
+  }
+
+  void handle(proto::Cancel&& c) {
+    auto it = in_flight_.find(c.id);
+    if (it != in_flight_.end() && it->second) runtime_->cancel(it->second);
+  }
+
+  void handle(proto::LoadSkill&& l) {
+    runtime::SkillLimits lim;
+    lim.max_memory_mb = l.max_memory_pages ? (l.max_memory_pages + 15) / 16 : opts_.default_max_memory_mb;
+    lim.timeout_ms = l.timeout_ms ? l.timeout_ms : opts_.default_timeout_ms;
+    Status st = l.path.empty()
+                    ? runtime_->load(l.name, std::span(reinterpret_cast<const uint8_t*>(l.wasm.data()), l.wasm.size()), lim)
+                    : runtime_->load_file(l.name, l.path, lim);
+    if (st.ok()) return reply(l.id, std::string());
+    reply(l.id, st.take_error());
+  }
+
+  void handle(proto::UnloadSkill&& u) {
+    Status st = runtime_->unload(u.name);
+    if (st.ok()) return reply(u.id, std::string());
+    reply(u.id, st.take_error());
+  }
+
+  void handle(proto::Health&& h) {
+    auto s = runtime_->stats();
+    std::string text = "ok skills=" + std::to_string(runtime_->skills().size()) +
+                       " in_flight=" + std::to_string(s.in_flight) + " calls=" + std::to_string(s.calls);
+    reply(h.id, std::move(text));
+  }
+
+  void handle(proto::Shutdown&& s) {
+    draining_ = true;
+    if (in_flight_.empty()) return shutdown_now();
+    drain_timer_ = std::make_unique<uv_timer_t>();
+    uv_timer_init(&loop_, drain_timer_.get());
+    drain_timer_->data = this;
+    uv_timer_start(drain_timer_.get(), [](uv_timer_t* t) { static_cast<Server*>(t->data)->shutdown_now(); },
+                   s.grace_ms, 0);
+  }
+
+  // Frames only the extension sends; a host that sends them is confused but harmless.
+  void handle(proto::Ready&&) {}
+  void handle(proto::Log&&) {}
+
+  void maybe_finish_drain() {
+    if (draining_ && in_flight_.empty()) shutdown_now();
+  }
+
+  void shutdown_now() {
+    if (stopped_) return;
+    stopped_ = true;
+    runtime_->cancel_all(make_error(Code::Cancelled, "extension '" + opts_.name + "' is shutting down"));
+    for (auto& [id, done] : host_calls_) done(make_error(Code::Unavailable, "host connection closed"));
+    host_calls_.clear();
+    if (drain_timer_) {
+      uv_close(reinterpret_cast<uv_handle_t*>(drain_timer_.release()),
+               [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+    }
+    spdlog::set_default_logger(spdlog::null_logger_st("off"));
+    channel_->close();
+    uv_stop(&loop_);
+  }
+
+  void call_host(const runtime::ServiceCall& c, std::string service, std::string input, runtime::ServiceReply done) {
+    if (stopped_) return done(make_error(Code::Unavailable, "host connection closed"));
+    proto::Request r;
+    r.id = kExtensionIdBit | next_host_call_++;
+    r.parent_id = c.parent_id;
+    auto left = std::chrono::duration_cast<std::chrono::microseconds>(c.deadline - std::chrono::steady_clock::now());
+    r.timeout_us = static_cast<uint64_t>(std::max<int64_t>(1, left.count()));
+    r.target = std::move(service);
+    r.payload = std::move(input);
+    if (auto st = channel_->send(r); !st.ok()) return done(st.take_error());
+    host_calls_[r.id] = std::move(done);
+  }
+
+  ServeOptions opts_;
+  uv_loop_t loop_{};
+  std::unique_ptr<runtime::SkillRuntime> runtime_;
+  std::unique_ptr<proto::Channel> channel_;
+  std::unordered_map<uint64_t, uint64_t> in_flight_;  // host request id -> runtime call id
+  std::unordered_map<uint64_t, runtime::ServiceReply> host_calls_;
+  uint64_t next_host_call_ = 1;
+  std::unique_ptr<uv_timer_t> drain_timer_;
+  bool draining_ = false;
+  bool stopped_ = false;
+  bool host_gone_ = false;
+  int exit_code_ = 0;
+};
+
+void ChannelSink::sink_it_(const spdlog::details::log_msg& msg) {
+  server_->send_log(static_cast<int>(msg.level), std::string(msg.payload.data(), msg.payload.size()));
+}
+
+}  // namespace
+
+int serve(const ServeOptions& options) {
+  // Die with the host: PDEATHSIG covers a crash after this point, the check covers one
+  // before it (our parent may already be gone and we were re-parented).
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (options.parent_pid != 0 && getppid() != options.parent_pid) return 3;
+  signal(SIGPIPE, SIG_IGN);
+  Server server(options);
+  return server.run();
+}
+
+}  // namespace airlock::serve

@@ -1,0 +1,26 @@
+// The extension's serving loop: one libuv loop that owns the channel to the host and
+// the skill runtime. Requests from the host become skill calls; skills' host-service
+// calls become requests to the host; skill logs become Log frames.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "airlock/channel.h"
+
+namespace airlock::serve {
+
+struct ServeOptions {
+  int fd = 3;                       // the inherited socket
+  std::string name = "extension";   // for logs
+  proto::Encoding encoding = proto::Encoding::Msgpack;
+  int parent_pid = 0;               // exit at once if our parent is not this process
+  uint32_t max_frame_bytes = proto::kDefaultMaxFrameBytes;
+  uint32_t default_max_memory_mb = 64;
+  uint32_t default_timeout_ms = 10'000;
+};
+
+// Serves until the host says Shutdown or goes away. Returns the process exit code.
+int serve(const ServeOptions& options);
+
+}  // namespace airlock::serve

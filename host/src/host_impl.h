@@ -1,0 +1,106 @@
+// Host internals. One I/O thread runs a libuv loop that owns every channel, process
+// watcher and call timer; public methods post work to it (post()) and, for blocking
+// methods, wait on a future.
+#pragma once
+
+#include <uv.h>
+
+#include <atomic>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "airlock/channel.h"
+#include "airlock/host.h"
+#include "process.h"
+
+namespace airlock::detail {
+
+using Done = std::function<void(CallResult)>;
+
+struct LoadedSkill {
+  std::string wasm;  // bytes (load_skill_bytes) ...
+  std::string path;  // ... or a path the extension reads
+  SkillLimits limits;
+};
+
+struct PendingCall {
+  Done done;
+  uv_timer_t* timer = nullptr;  // host-side deadline (backstop to the extension's own)
+};
+
+// One extension: the handle's shared state. Fields marked [loop] are touched only on
+// the I/O thread; the atomics may be read anywhere.
+class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
+ public:
+  ExtensionState(HostImpl* host, ExtensionOptions opts) : host(host), opts(std::move(opts)) {}
+  HostImpl* host;
+  const ExtensionOptions opts;
+  std::atomic<int> pid{0};
+  std::atomic<bool> ready{false};
+  std::atomic<bool> stopping{false};
+
+  // [loop]
+  ChildProcess proc;
+  std::unique_ptr<proto::Channel> channel;
+  uv_poll_t* exit_watch = nullptr;
+  std::unordered_map<uint64_t, PendingCall> pending;
+  std::map<std::string, LoadedSkill> skills;  // reloaded after a restart
+  std::function<void(Status)> on_ready;       // spawn / restart waiting for Ready
+  uint32_t restarts = 0;
+  std::chrono::milliseconds backoff{0};
+  std::vector<std::function<void()>> on_exit;  // stop() waiters
+  std::string down_reason;                     // why the last process ended
+  std::string disconnect_reason;               // set when we cut the peer off (bad frame)
+  uv_timer_t* kill_timer = nullptr;
+  uv_timer_t* restart_timer = nullptr;
+};
+
+class HostImpl {
+ public:
+  explicit HostImpl(HostOptions o);
+  ~HostImpl();
+
+  void post(std::function<void()> fn);
+  bool on_loop_thread() const { return std::this_thread::get_id() == loop_thread_id_; }
+
+  Result<Extension> spawn(ExtensionOptions opts);
+  std::optional<Extension> find(std::string_view name) const;
+  void stop_all(std::chrono::milliseconds grace);
+
+  // [loop] operations on an extension
+  void start_process(const std::shared_ptr<ExtensionState>& e);
+  void send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, proto::Frame frame,
+                 std::chrono::milliseconds timeout, Done done);
+  void cancel_call(const std::shared_ptr<ExtensionState>& e, uint64_t id);
+  void stop_extension(const std::shared_ptr<ExtensionState>& e, std::chrono::milliseconds grace, std::function<void()> done);
+
+  uint64_t next_id() { return next_id_.fetch_add(1, std::memory_order_relaxed); }
+  const HostOptions opts;
+  std::string binary;  // resolved extension binary ("" if not found)
+  Error binary_error;
+
+ private:
+  void drain_posted();
+  void on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&& f);
+  void on_channel_closed(const std::shared_ptr<ExtensionState>& e, const Error& err);
+  void on_process_exit(const std::shared_ptr<ExtensionState>& e);
+  void fail_pending(ExtensionState& e, const Error& err);
+  void reload_skills(const std::shared_ptr<ExtensionState>& e, std::function<void(Status)> done);
+  void schedule_restart(const std::shared_ptr<ExtensionState>& e);
+
+  uv_loop_t loop_{};
+  uv_async_t wake_{};
+  std::mutex mu_;
+  std::deque<std::function<void()>> queue_;
+  bool closing_ = false;
+  std::thread thread_;
+  std::thread::id loop_thread_id_;
+  std::atomic<uint64_t> next_id_{1};
+  mutable std::mutex ext_mu_;
+  std::map<std::string, std::shared_ptr<ExtensionState>, std::less<>> extensions_;
+};
+
+}  // namespace airlock::detail

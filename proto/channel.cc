@@ -1,0 +1,20 @@
+#include "airlock/channel.h"
+
+#include "channel_internal.h"
+
+namespace airlock::proto {
+
+std::string_view to_string(Encoding e) { return e == Encoding::Grpc ? "grpc" : "msgpack"; }
+
+Result<Encoding> parse_encoding(std::string_view s) {
+  if (s == "msgpack") return Encoding::Msgpack;
+  if (s == "grpc") return Encoding::Grpc;
+  return make_error(Code::InvalidArgument, "unknown transport '" + std::string(s) + "' (msgpack or grpc)");
+}
+
+std::unique_ptr<Channel> make_channel(Encoding enc, Role role, uv_loop_t* loop, int fd, uint32_t max_frame) {
+  if (enc == Encoding::Grpc) return make_grpc_channel(role, loop, fd, max_frame);
+  return make_msgpack_channel(loop, fd, max_frame);
+}
+
+}  // namespace airlock::proto

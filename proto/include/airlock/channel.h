@@ -1,0 +1,52 @@
+// A channel carries frames between a host and one extension over the socket the host
+// created before spawning it. Two implementations, one per encoding:
+//   msgpack: length-prefixed msgpack frames on the socket, driven by libuv;
+//   gRPC:    one bidi stream (Extension.Session) over the same socket, the host as the
+//            client and the extension as the server (no listening socket, no path).
+// Whatever the encoding, the rest of Airlock sees only this interface.
+//
+// Threading: create, use and destroy a channel on its libuv loop's thread; callbacks
+// run on that thread.
+#pragma once
+
+#include <uv.h>
+
+#include <functional>
+#include <memory>
+
+#include "airlock/frame.h"
+#include "airlock/msgpack_codec.h"
+#include "airlock/status.h"
+
+namespace airlock::proto {
+
+enum class Encoding : uint8_t { Msgpack, Grpc };
+std::string_view to_string(Encoding e);
+Result<Encoding> parse_encoding(std::string_view s);  // "msgpack" | "grpc"
+
+enum class Role : uint8_t { Host, Extension };  // gRPC: client or server side of the stream
+
+struct ChannelCallbacks {
+  std::function<void(Frame&&)> on_frame;
+  // The peer went away or sent something unacceptable (malformed/oversized frame):
+  // the channel is closed and the error says why. Not called after close().
+  std::function<void(const Error&)> on_closed;
+};
+
+class Channel {
+ public:
+  virtual ~Channel() = default;
+  virtual void start(ChannelCallbacks callbacks) = 0;
+  // Queues a frame. ResourceExhausted (nothing sent) if it exceeds the maximum frame
+  // size; Unavailable if the channel is closed.
+  virtual Status send(const Frame& frame) = 0;
+  // Stops reading and writing and releases the socket; idempotent.
+  virtual void close() = 0;
+  virtual Encoding encoding() const = 0;
+};
+
+// Takes ownership of `fd` (a connected AF_UNIX stream socket).
+std::unique_ptr<Channel> make_channel(Encoding enc, Role role, uv_loop_t* loop, int fd,
+                                      uint32_t max_frame = kDefaultMaxFrameBytes);
+
+}  // namespace airlock::proto

@@ -1,0 +1,342 @@
+// The host library end to end, on both transports: real extension processes.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "airlock/host.h"
+
+using namespace airlock;
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+
+namespace {
+
+std::string skill(const std::string& n) { return std::string(AIRLOCK_SKILL_DIR) + "/" + n + ".wasm"; }
+
+bool process_gone(int pid) {
+  if (kill(pid, 0) != 0) return true;
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string s;
+  std::getline(f, s);
+  auto p = s.rfind(')');
+  return p != std::string::npos && p + 2 < s.size() && s[p + 2] == 'Z';  // a zombie is gone too
+}
+
+bool wait_gone(int pid, std::chrono::milliseconds within) {
+  auto end = std::chrono::steady_clock::now() + within;
+  while (std::chrono::steady_clock::now() < end) {
+    if (process_gone(pid)) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return process_gone(pid);
+}
+
+uint64_t le64(const std::string& s) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8 && i < s.size(); ++i) v |= uint64_t(uint8_t(s[i])) << (8 * i);
+  return v;
+}
+
+class HostTest : public ::testing::TestWithParam<Transport> {
+ protected:
+  HostOptions opts() {
+    HostOptions o;
+    o.transport = GetParam();
+    o.extension_binary = AIRLOCK_EXTENSION_BIN;
+    o.log_level = "warn";
+    return o;
+  }
+  Extension spawn(Host& h, const std::string& name, ExtensionOptions eo = {}) {
+    eo.name = name;
+    auto r = h.spawn(eo);
+    EXPECT_TRUE(r.ok()) << r.error().to_string();
+    return r.value();
+  }
+};
+
+TEST_P(HostTest, EverySampleSkillThroughTheHost) {
+  Host h(opts());
+  auto ext = spawn(h, "samples");
+  EXPECT_GT(ext.pid(), 0);
+  for (auto n : {"echo", "sum", "greet", "fail", "trap"}) ASSERT_TRUE(ext.load_skill(n, skill(n)).ok()) << n;
+  EXPECT_EQ(ext.skills(), (std::vector<std::string>{"echo", "fail", "greet", "sum", "trap"}));
+  EXPECT_EQ(*ext.call("echo", std::string("a\0b", 3)), std::string("a\0b", 3));
+  EXPECT_EQ(le64(*ext.call("sum", "\x01\x02\x03")), 6u);
+  EXPECT_EQ(*ext.call("greet", "Ada,512,20"), "Hello, Ada!");
+  auto f = ext.call("fail", "boom");
+  ASSERT_FALSE(f.ok());
+  EXPECT_THAT(f.error().message, HasSubstr("fail: boom"));
+  auto t = ext.call("trap", "div0");
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.error().code, Code::Trap);
+  EXPECT_EQ(t.error().trap, TrapKind::DivideByZero);
+  EXPECT_EQ(*ext.call("echo", "after trap"), "after trap");
+}
+
+TEST_P(HostTest, UnknownSkillIsNotFoundAndBadSkillFileIsAnError) {
+  Host h(opts());
+  auto ext = spawn(h, "e");
+  EXPECT_EQ(ext.call("nope", "x").error().code, Code::NotFound);
+  auto st = ext.load_skill("missing", "/nonexistent/x.wasm");
+  EXPECT_EQ(st.error().code, Code::NotFound);
+  std::string junk = "not wasm";
+  auto st2 = ext.load_skill_bytes("junk", std::span(reinterpret_cast<const uint8_t*>(junk.data()), junk.size()));
+  ASSERT_FALSE(st2.ok());
+  EXPECT_EQ(st2.error().code, Code::InvalidArgument);
+  EXPECT_THAT(st2.error().message, HasSubstr("skill 'junk'"));
+  EXPECT_EQ(ext.skills(), std::vector<std::string>{});
+  ASSERT_TRUE(ext.load_skill("echo", skill("echo")).ok());
+  ASSERT_TRUE(ext.unload_skill("echo").ok());
+  EXPECT_EQ(ext.call("echo", "x").error().code, Code::NotFound);
+}
+
+TEST_P(HostTest, TimeoutAndTheExtensionKeepsServing) {
+  Host h(opts());
+  auto ext = spawn(h, "e");
+  ASSERT_TRUE(ext.load_skill("spin", skill("spin"), SkillLimits{64, 200}).ok());
+  ASSERT_TRUE(ext.load_skill("echo", skill("echo")).ok());
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = ext.call("spin", "");
+  EXPECT_EQ(r.error().code, Code::Timeout) << r.error().to_string();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 600ms);
+  CallOptions co;
+  co.timeout = 100ms;
+  EXPECT_EQ(ext.call("spin", "", co).error().code, Code::Timeout);
+  EXPECT_EQ(*ext.call("echo", "alive"), "alive");
+}
+
+TEST_P(HostTest, CancelAWaitingCall) {
+  Host h(opts());
+  auto ext = spawn(h, "e");
+  ASSERT_TRUE(ext.load_skill("sleeper", skill("sleeper")).ok());
+  std::promise<CallResult> p;
+  auto id = ext.call_async("sleeper", "5000", {}, [&](CallResult r) { p.set_value(std::move(r)); });
+  std::this_thread::sleep_for(50ms);
+  auto t0 = std::chrono::steady_clock::now();
+  ext.cancel(id);
+  auto r = p.get_future().get();
+  EXPECT_EQ(r.error().code, Code::Cancelled);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 200ms);
+}
+
+TEST_P(HostTest, KillNineFailsInFlightCallsAndRestartRecovers) {
+  Host h(opts());
+  ExtensionOptions eo;
+  eo.restart.mode = RestartPolicy::Mode::OnFailure;
+  eo.restart.initial_backoff = 10ms;
+  auto ext = spawn(h, "victim", eo);
+  ASSERT_TRUE(ext.load_skill("sleeper", skill("sleeper")).ok());
+  int old_pid = ext.pid();
+  std::vector<std::future<CallResult>> fs;
+  for (int i = 0; i < 100; ++i) fs.push_back(ext.call_async("sleeper", "5000"));
+  std::this_thread::sleep_for(100ms);
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(kill(old_pid, SIGKILL), 0);
+  for (auto& f : fs) {
+    ASSERT_EQ(f.wait_for(1s), std::future_status::ready);
+    auto r = f.get();
+    ASSERT_EQ(r.error().code, Code::ExtensionCrashed) << r.error().to_string();
+    EXPECT_THAT(r.error().message, HasSubstr("signal 9"));
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+  // The restart reloads the skill; new calls succeed on the new process.
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (!ext.alive() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
+  ASSERT_TRUE(ext.alive());
+  EXPECT_NE(ext.pid(), old_pid);
+  EXPECT_EQ(*ext.call("sleeper", "10"), "slept 10");
+}
+
+TEST_P(HostTest, WithoutRestartACrashedExtensionSaysSo) {
+  Host h(opts());
+  auto ext = spawn(h, "once");
+  ASSERT_TRUE(ext.load_skill("echo", skill("echo")).ok());
+  kill(ext.pid(), SIGKILL);
+  std::this_thread::sleep_for(200ms);
+  auto r = ext.call("echo", "x");
+  EXPECT_EQ(r.error().code, Code::ExtensionCrashed);
+  EXPECT_THAT(r.error().message, HasSubstr("once"));
+}
+
+TEST_P(HostTest, ThousandConcurrentWaitsFinishWithinASecond) {
+  Host h(opts());
+  auto ext = spawn(h, "waits");
+  ASSERT_TRUE(ext.load_skill("greet", skill("greet")).ok());
+  std::atomic<int> ok{0};
+  std::promise<void> all;
+  std::atomic<int> left{1000};
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 1000; ++i) {
+    ext.call_async("greet", "W,0,100", {}, [&](CallResult r) {
+      if (r.ok() && *r == "Hello, W!") ok++;
+      if (--left == 0) all.set_value();
+    });
+  }
+  ASSERT_EQ(all.get_future().wait_for(5s), std::future_status::ready);
+  auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(ok.load(), 1000);
+  EXPECT_LT(ms, 1000.0);
+}
+
+TEST_P(HostTest, CallsFromEightThreads) {
+  Host h(opts());
+  auto ext = spawn(h, "mt");
+  ASSERT_TRUE(ext.load_skill("echo", skill("echo")).ok());
+  std::atomic<int> ok{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 8; ++t) {
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < 100; ++i) {
+        std::string in = std::to_string(t) + ":" + std::to_string(i);
+        auto r = ext.call("echo", in);
+        if (r.ok() && *r == in) ok++;
+      }
+    });
+  }
+  for (auto& th : ts) th.join();
+  EXPECT_EQ(ok.load(), 800);
+}
+
+TEST_P(HostTest, OversizedRequestIsRefusedBeforeSending) {
+  auto o = opts();
+  o.max_frame_bytes = 1 << 20;
+  Host h(o);
+  auto ext = spawn(h, "small");
+  ASSERT_TRUE(ext.load_skill("echo", skill("echo")).ok());
+  auto r = ext.call("echo", std::string(2 << 20, 'x'));
+  EXPECT_EQ(r.error().code, Code::ResourceExhausted) << r.error().to_string();
+  EXPECT_EQ(*ext.call("echo", "fine"), "fine");
+}
+
+TEST_P(HostTest, DestroyingAHostWithCallsInFlightIsPromptAndLeavesNoProcess) {
+  int pid = 0;
+  std::vector<std::future<CallResult>> fs;
+  auto t0 = std::chrono::steady_clock::now();
+  {
+    Host h(opts());
+    auto ext = spawn(h, "doomed");
+    ASSERT_TRUE(ext.load_skill("sleeper", skill("sleeper")).ok());
+    ASSERT_TRUE(ext.load_skill("spin", skill("spin")).ok());
+    pid = ext.pid();
+    for (int i = 0; i < 20; ++i) fs.push_back(ext.call_async("sleeper", "10000"));
+    fs.push_back(ext.call_async("spin", ""));
+    std::this_thread::sleep_for(50ms);
+    t0 = std::chrono::steady_clock::now();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1500ms);
+  EXPECT_TRUE(process_gone(pid));
+  for (auto& f : fs) {
+    ASSERT_EQ(f.wait_for(0s), std::future_status::ready);
+    EXPECT_FALSE(f.get().ok());
+  }
+}
+
+TEST_P(HostTest, GracefulStopLetsInFlightCallsFinish) {
+  Host h(opts());
+  auto ext = spawn(h, "graceful");
+  ASSERT_TRUE(ext.load_skill("sleeper", skill("sleeper")).ok());
+  auto f = ext.call_async("sleeper", "100");
+  std::this_thread::sleep_for(20ms);
+  int pid = ext.pid();
+  ext.stop(2s);
+  auto r = f.get();
+  EXPECT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_TRUE(process_gone(pid));
+  EXPECT_EQ(ext.call("sleeper", "1").error().code, Code::Unavailable);
+}
+
+TEST_P(HostTest, ExtensionDiesWithItsHost) {
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  pid_t child = fork();
+  if (child == 0) {
+    Host h(opts());
+    ExtensionOptions eo;
+    eo.name = "orphan";
+    auto ext = h.spawn(eo);
+    int pid = ext.ok() ? ext->pid() : -1;
+    (void)!write(fds[1], &pid, sizeof pid);
+    pause();
+    _exit(0);
+  }
+  int ext_pid = 0;
+  ASSERT_EQ(read(fds[0], &ext_pid, sizeof ext_pid), static_cast<ssize_t>(sizeof ext_pid));
+  ASSERT_GT(ext_pid, 0);
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  EXPECT_TRUE(wait_gone(ext_pid, 2s));
+  close(fds[0]);
+  close(fds[1]);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, HostTest, ::testing::Values(Transport::Msgpack, Transport::Grpc),
+                         [](const auto& i) { return std::string(to_string(i.param)); });
+
+// ---- spawn failures and misbehaving peers (msgpack: the fake peer speaks only that) ----
+
+class SpawnTest : public ::testing::Test {
+ protected:
+  HostOptions fake(const char* mode) {
+    setenv("AIRLOCK_FAKE", mode, 1);
+    HostOptions o;
+    o.extension_binary = AIRLOCK_FAKE_EXTENSION_BIN;
+    o.log_level = "off";
+    return o;
+  }
+  ExtensionOptions eo(const char* mode) {
+    ExtensionOptions e;
+    e.name = "fake";
+    e.env = {std::string("AIRLOCK_FAKE=") + mode};
+    e.start_timeout = 1s;
+    return e;
+  }
+};
+
+TEST_F(SpawnTest, MissingBinaryIsNotFound) {
+  HostOptions o;
+  o.extension_binary = "/nonexistent/airlock-extension";
+  Host h(o);
+  ExtensionOptions eo;
+  eo.name = "x";
+  auto r = h.spawn(eo);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Code::NotFound);
+  EXPECT_THAT(r.error().message, HasSubstr("/nonexistent/airlock-extension"));
+}
+
+TEST_F(SpawnTest, CrashDuringStartIsReported) {
+  Host h(fake("crash"));
+  auto r = h.spawn(eo("crash"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.error().message, HasSubstr("exited with status 7"));
+}
+
+TEST_F(SpawnTest, HandshakeTimeoutIsReported) {
+  Host h(fake("silent"));
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = h.spawn(eo("silent"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.error().message, HasSubstr("did not report ready"));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+}
+
+TEST_F(SpawnTest, MalformedFrameDisconnectsThePeerWithAClearError) {
+  for (const char* mode : {"garbage", "oversized"}) {
+    Host h(fake(mode));
+    auto ext = h.spawn(eo(mode));
+    ASSERT_TRUE(ext.ok()) << ext.error().to_string();
+    int pid = ext->pid();
+    EXPECT_TRUE(wait_gone(pid, 2s)) << mode << ": the peer was not disconnected";
+    auto r = ext->call("echo", "x");
+    ASSERT_FALSE(r.ok());
+    EXPECT_THAT(r.error().message, HasSubstr(std::string(mode) == "garbage" ? "malformed" : "exceeds")) << r.error().to_string();
+  }
+}
+
+}  // namespace

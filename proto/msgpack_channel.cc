@@ -21,7 +21,6 @@ struct PipeState {
   std::string queued;    // encoded frames waiting for the write in flight
   std::string writing;   // the bytes of the write in flight
   bool write_in_flight = false;
-  char read_buf[64 * 1024];
   explicit PipeState(uint32_t max_frame) : decoder(max_frame) {}
 };
 
@@ -44,9 +43,10 @@ class MsgpackChannel final : public Channel {
     if (!open_) return;
     uv_read_start(
         reinterpret_cast<uv_stream_t*>(&st_->pipe),
-        [](uv_handle_t* h, size_t, uv_buf_t* buf) {
-          auto* s = static_cast<PipeState*>(h->data);
-          *buf = uv_buf_init(s->read_buf, sizeof s->read_buf);
+        [](uv_handle_t* h, size_t suggested, uv_buf_t* buf) {
+          // Read straight into the decoder: a large frame's body is never copied twice.
+          auto span = static_cast<PipeState*>(h->data)->decoder.prepare(suggested);
+          *buf = uv_buf_init(span.data(), static_cast<unsigned>(std::min<size_t>(span.size(), 1u << 30)));
         },
         [](uv_stream_t* h, ssize_t n, const uv_buf_t* buf) {
           auto* s = static_cast<PipeState*>(h->data);
@@ -80,7 +80,8 @@ class MsgpackChannel final : public Channel {
       return fail(make_error(Code::Unavailable, n == UV_EOF ? "peer closed the connection"
                                                              : std::string("read failed: ") + uv_strerror(static_cast<int>(n))));
     }
-    st_->decoder.feed(buf->base, static_cast<size_t>(n));
+    (void)buf;
+    st_->decoder.commit(static_cast<size_t>(n));
     while (open_) {
       auto next = st_->decoder.next();
       if (!next) break;

@@ -37,19 +37,19 @@ AIRLOCK_SKILL(run) {
     const uint8_t* comma2 = memchr(kb_begin, ',', (size_t)(end - kb_begin));
     const uint8_t* kb_end = comma2 ? comma2 : end;
     if (!parse_u32(kb_begin, kb_end, &kb))
-      return airlock_fail("greet: bad kb '%.*s' (expected name[,kb[,ms]])",
+      return airlock_fail_code(AIRLOCK_INVALID_ARGUMENT, "greet: bad kb '%.*s' (expected name[,kb[,ms]])",
                           (int)(kb_end - kb_begin), (const char*)kb_begin);
     if (comma2 && !parse_u32(comma2 + 1, end, &ms))
-      return airlock_fail("greet: bad ms '%.*s' (expected name[,kb[,ms]])",
+      return airlock_fail_code(AIRLOCK_INVALID_ARGUMENT, "greet: bad ms '%.*s' (expected name[,kb[,ms]])",
                           (int)(end - comma2 - 1), (const char*)comma2 + 1);
   }
   if (kb > UINT32_MAX / 1024)
-    return airlock_fail("greet: kb %u is more than 4 GiB", (unsigned)kb);
+    return airlock_fail_code(AIRLOCK_INVALID_ARGUMENT, "greet: kb %u is more than 4 GiB", (unsigned)kb);
 
   /* Chunk sizes in KiB: one chunk, or random 100-300 KiB pieces (the last one smaller). */
   size_t max_chunks = kb <= 300 ? 1 : kb / 100 + 1;
   void** chunks = calloc(max_chunks, sizeof *chunks);
-  if (!chunks) return airlock_fail("greet: out of memory");
+  if (!chunks) return airlock_fail_code(AIRLOCK_RESOURCE_EXHAUSTED, "greet: out of memory");
   size_t n_chunks = 0;
   if (kb > 300) {
     unsigned seed = 12345;
@@ -62,7 +62,7 @@ AIRLOCK_SKILL(run) {
     void* p = malloc((size_t)size * 1024);
     if (!p) {
       free_chunks(chunks, n_chunks);
-      return airlock_fail("greet: out of memory allocating %u KiB (%u KiB done)",
+      return airlock_fail_code(AIRLOCK_RESOURCE_EXHAUSTED, "greet: out of memory allocating %u KiB (%u KiB done)",
                           (unsigned)kb, (unsigned)(kb - left));
     }
     memset(p, 0x5A, (size_t)size * 1024); /* touch every page */
@@ -81,7 +81,7 @@ AIRLOCK_SKILL(run) {
 
   size_t name_len = (size_t)(name_end - input);
   char* out = malloc(name_len + 8);
-  if (!out) return airlock_fail("greet: out of memory");
+  if (!out) return airlock_fail_code(AIRLOCK_RESOURCE_EXHAUSTED, "greet: out of memory");
   memcpy(out, "Hello, ", 7);
   memcpy(out + 7, input, name_len);
   out[7 + name_len] = '!';

@@ -74,17 +74,30 @@ static const char* format_message(char* stack_buf, size_t stack_size, char** hea
   return text;
 }
 
-int airlock_fail(const char* fmt, ...) {
+static int fail_v(int code, const char* fmt, va_list ap) {
   char buf[512];
   char* heap;
   size_t len;
-  va_list ap;
-  va_start(ap, fmt);
   const char* text = format_message(buf, sizeof buf, &heap, &len, fmt, ap);
-  va_end(ap);
   airlock_host_error(text, (uint32_t)len);
   free(heap);
-  return 1;
+  return code;
+}
+
+int airlock_fail(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = fail_v(AIRLOCK_INTERNAL, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+int airlock_fail_code(int code, const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = fail_v(code > 0 ? code : AIRLOCK_INTERNAL, fmt, ap);
+  va_end(ap);
+  return rc;
 }
 
 void airlock_log(int level, const char* fmt, ...) {

@@ -75,9 +75,13 @@ void airlock_output(const void* data, size_t len);
 /* airlock_output() of a NUL-terminated string. */
 void airlock_output_str(const char* s);
 
-/* Formats an error message (printf-style), sets it as the call's error and returns a
- * non-zero value (1) for the skill to return: `return airlock_fail("bad: %d", x);` */
+/* Formats an error message (printf-style), sets it as the call's error and returns
+ * AIRLOCK_INTERNAL for the skill to return: `return airlock_fail("bad: %d", x);` */
 int airlock_fail(const char* fmt, ...) AIRLOCK_PRINTF(1, 2);
+
+/* Like airlock_fail, with the status code the caller sees, e.g.
+ * `return airlock_fail_code(AIRLOCK_INVALID_ARGUMENT, "bad number '%s'", s);` */
+int airlock_fail_code(int code, const char* fmt, ...) AIRLOCK_PRINTF(2, 3);
 
 /* --- logging -------------------------------------------------------------------------- */
 #define AIRLOCK_LEVEL_TRACE 0

@@ -1,13 +1,17 @@
 // Shared by the benchmarks: timing samples, summary statistics, machine description.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -43,6 +47,7 @@ struct Machine {
   std::string cpu, kernel;
   unsigned cores = 0;
   double memory_gb = 0;
+  std::string commit = "unknown", build_type = "unknown";  // filled by machine() when the build says where/how
 };
 
 inline Machine machine() {
@@ -59,7 +64,108 @@ inline Machine machine() {
   utsname u{};
   uname(&u);
   m.kernel = std::string(u.sysname) + " " + u.release;
+#ifdef AIRLOCK_BENCH_BUILD_TYPE
+  m.build_type = AIRLOCK_BENCH_BUILD_TYPE;
+#endif
+#ifdef AIRLOCK_BENCH_SOURCE_DIR
+  // Read-only git queries (GIT_OPTIONAL_LOCKS=0: `status` must not touch the index).
+  auto run = [](const std::string& cmd) {
+    std::string out;
+    if (FILE* f = popen(cmd.c_str(), "r")) {
+      char buf[256];
+      while (size_t n = fread(buf, 1, sizeof buf, f)) out.append(buf, n);
+      pclose(f);
+    }
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+    return out;
+  };
+  const std::string git = "GIT_OPTIONAL_LOCKS=0 git -C '" AIRLOCK_BENCH_SOURCE_DIR "' ";
+  if (auto c = run(git + "rev-parse --short HEAD 2>/dev/null"); !c.empty()) {
+    m.commit = c + (run(git + "status --porcelain --untracked-files=no 2>/dev/null").empty() ? "" : "-dirty");
+  }
+#endif
   return m;
 }
+
+inline nlohmann::json to_json(const Machine& m) {
+  return {{"cpu", m.cpu},       {"cores", m.cores},   {"memory_gb", m.memory_gb},
+          {"kernel", m.kernel}, {"commit", m.commit}, {"build_type", m.build_type}};
+}
+
+// Memory of one process from /proc/PID/smaps_rollup, in MiB. USS (what the process
+// alone holds) = Private_Clean + Private_Dirty; PSS shares each shared page among its users.
+struct ProcMem {
+  bool ok = false;
+  double rss = 0, pss = 0, uss = 0;
+};
+
+inline ProcMem proc_mem(int pid) {
+  ProcMem m;
+  std::ifstream f("/proc/" + (pid > 0 ? std::to_string(pid) : std::string("self")) + "/smaps_rollup");
+  for (std::string line; std::getline(f, line);) {  // "Pss:   240 kB" (the first line is the range)
+    auto colon = line.find(':');
+    if (colon == std::string::npos || line.find(" kB") == std::string::npos) continue;
+    std::string key = line.substr(0, colon + 1);
+    double mb = std::atof(line.c_str() + colon + 1) / 1024;
+    if (key == "Rss:") m.rss = mb, m.ok = true;
+    else if (key == "Pss:") m.pss = mb;
+    else if (key == "Private_Clean:" || key == "Private_Dirty:") m.uss += mb;
+  }
+  return m;
+}
+
+inline std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), {}};
+}
+
+// printf into a std::string.
+template <class... A>
+std::string strf(const char* fmt, A... a) {
+  char buf[512];
+  int n = std::snprintf(buf, sizeof buf, fmt, a...);
+  return std::string(buf, static_cast<size_t>(std::clamp(n, 0, static_cast<int>(sizeof buf) - 1)));
+}
+
+// A grid table in the style of pyisolate's benchmark output (tabulate "grid"): the
+// header is underlined with '=', every row closed with '-'. Columns whose header is
+// listed in `right` are right-aligned (numbers).
+struct Table {
+  std::vector<std::string> head;
+  std::vector<std::vector<std::string>> rows;
+  std::vector<bool> right;
+
+  static size_t width(const std::string& s) {  // display width: UTF-8 code points
+    return static_cast<size_t>(std::count_if(s.begin(), s.end(), [](char c) { return (c & 0xC0) != 0x80; }));
+  }
+  void print(FILE* out = stdout) const {
+    std::vector<size_t> w(head.size());
+    for (size_t i = 0; i < head.size(); ++i) w[i] = width(head[i]);
+    for (const auto& r : rows)
+      for (size_t i = 0; i < r.size() && i < w.size(); ++i) w[i] = std::max(w[i], width(r[i]));
+    auto rule = [&](char c) {
+      std::string s = "+";
+      for (size_t x : w) s += std::string(x + 2, c) + "+";
+      std::fprintf(out, "%s\n", s.c_str());
+    };
+    auto line = [&](const std::vector<std::string>& r) {
+      std::string s = "|";
+      for (size_t i = 0; i < w.size(); ++i) {
+        std::string cell = i < r.size() ? r[i] : "";
+        std::string pad(w[i] - width(cell), ' ');
+        bool ra = i < right.size() && right[i];
+        s += " " + (ra ? pad + cell : cell + pad) + " |";
+      }
+      std::fprintf(out, "%s\n", s.c_str());
+    };
+    rule('-');
+    line(head);
+    rule('=');
+    for (const auto& r : rows) {
+      line(r);
+      rule('-');
+    }
+  }
+};
 
 }  // namespace airlock::bench

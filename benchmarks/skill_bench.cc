@@ -17,13 +17,6 @@
 using namespace airlock;
 using namespace airlock::bench;
 
-namespace {
-std::vector<uint8_t> read_file(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), {}};
-}
-}  // namespace
-
 int main(int argc, char** argv) {
   CLI::App app{"skill_bench: compile, load and per-call cost of sample skills in one process"};
   std::string dir = AIRLOCK_BENCH_SKILL_DIR;
@@ -45,7 +38,8 @@ int main(int argc, char** argv) {
     auto engine = engine::create_v8_engine();
     runtime::SkillRuntime rt(&loop);
     for (const auto& name : skills) {
-      auto bytes = read_file(dir + "/" + name + ".wasm");
+      std::string file = read_file(dir + "/" + name + ".wasm");
+      std::vector<uint8_t> bytes(file.begin(), file.end());
       if (bytes.empty()) {
         std::fprintf(stderr, "skip %s: cannot read %s/%s.wasm\n", name.c_str(), dir.c_str(), name.c_str());
         continue;

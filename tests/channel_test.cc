@@ -1,0 +1,444 @@
+// Both channel encodings through make_channel(): a Host-role and an Extension-role channel
+// on the two ends of a socketpair. Both run on one uv loop on the test thread: each channel
+// delivers on its own loop thread whatever threads it uses inside (gRPC has its own), and
+// one loop keeps the tests deterministic. Cross-process latency is measured elsewhere.
+#include <dirent.h>
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "airlock/channel.h"
+
+namespace airlock::proto {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+// One end: its channel and what its callbacks saw.
+struct Side {
+  std::unique_ptr<Channel> ch;
+  std::vector<Frame> frames;
+  std::optional<Error> closed;
+  int closed_calls = 0;
+  std::function<void(const Frame&)> on_frame;  // extra behaviour, before the frame is kept
+};
+
+std::string random_bytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (char& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+int count_open_fds() {
+  int n = 0;
+  DIR* d = opendir("/proc/self/fd");
+  while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
+  closedir(d);
+  return n - 1;  // the DIR's own descriptor
+}
+
+class ChannelTest : public ::testing::TestWithParam<Encoding> {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(uv_loop_init(&loop_), 0);
+    ASSERT_EQ(uv_timer_init(&loop_, &timer_), 0);
+  }
+
+  void TearDown() override {
+    host_.ch.reset();  // destroying implies close()
+    ext_.ch.reset();
+    uv_close(reinterpret_cast<uv_handle_t*>(&timer_), nullptr);
+    const auto deadline = Clock::now() + 5s;
+    while (uv_run(&loop_, UV_RUN_NOWAIT) != 0 && Clock::now() < deadline) {
+    }
+    // Closed channels must leave no handle behind that keeps the loop alive.
+    EXPECT_EQ(uv_loop_close(&loop_), 0) << "a channel left a uv handle open";
+  }
+
+  void open_pair(uint32_t max_frame = kDefaultMaxFrameBytes) {
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    host_.ch = make_channel(GetParam(), Role::Host, &loop_, sv[0], max_frame);
+    ext_.ch = make_channel(GetParam(), Role::Extension, &loop_, sv[1], max_frame);
+    start(host_);
+    start(ext_);
+  }
+
+  // One channel in `role`, started; returns the other end of its socket, raw.
+  int open_one(Role role, Side& side) {
+    int sv[2];
+    EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    side.ch = make_channel(GetParam(), role, &loop_, sv[0]);
+    start(side);
+    return sv[1];
+  }
+
+  static void start(Side& s) {
+    s.ch->start({[&s](Frame&& f) {
+                   if (s.on_frame) s.on_frame(f);
+                   s.frames.push_back(std::move(f));
+                 },
+                 [&s](const Error& e) {
+                   s.closed = e;
+                   ++s.closed_calls;
+                 }});
+  }
+
+  // Runs the loop until done() or the timeout; returns done().
+  bool run_until(const std::function<bool()>& done, std::chrono::milliseconds timeout = 10s) {
+    bool timed_out = false;
+    timer_.data = &timed_out;
+    uv_timer_start(&timer_, [](uv_timer_t* t) { *static_cast<bool*>(t->data) = true; },
+                   static_cast<uint64_t>(timeout.count()), 0);
+    while (!done() && !timed_out) uv_run(&loop_, UV_RUN_ONCE);
+    uv_timer_stop(&timer_);
+    return done();
+  }
+
+  // Runs the loop for a while, to see that nothing (more) happens.
+  void run_for(std::chrono::milliseconds d) {
+    run_until([] { return false; }, d);
+  }
+
+  // Closes `closer` and expects `other` to be told, with Unavailable, within a second.
+  void expect_close_reaches_peer(Side& closer, Side& other) {
+    closer.ch->close();
+    const auto t0 = Clock::now();
+    ASSERT_TRUE(run_until([&] { return other.closed.has_value(); }, 3s)) << "peer never told";
+    EXPECT_LT(Clock::now() - t0, 1s);
+    EXPECT_EQ(other.closed->code, Code::Unavailable) << other.closed->to_string();
+    EXPECT_FALSE(other.closed->message.empty());
+    run_for(50ms);
+    EXPECT_EQ(other.closed_calls, 1);
+    EXPECT_FALSE(closer.closed) << "on_closed after close(): " << closer.closed->to_string();
+    const Status s = closer.ch->send(Cancel{1});
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.error().code, Code::Unavailable);
+    const Status t = other.ch->send(Cancel{1});
+    ASSERT_FALSE(t.ok());
+    EXPECT_EQ(t.error().code, Code::Unavailable);
+  }
+
+  uv_loop_t loop_{};
+  uv_timer_t timer_{};
+  Side host_, ext_;
+};
+
+TEST_P(ChannelTest, EncodingIsTheOneAskedFor) {
+  open_pair();
+  EXPECT_EQ(host_.ch->encoding(), GetParam());
+  EXPECT_EQ(ext_.ch->encoding(), GetParam());
+}
+
+TEST_P(ChannelTest, RequestAndResponseRoundTrip) {
+  open_pair();
+  Request req;
+  req.id = 7;
+  req.parent_id = 3;
+  req.timeout_us = 1500;
+  req.target = "echo";
+  req.method = "run";
+  req.payload = std::string("\0\x01\xffpayload", 10);
+  req.shm_refs = {{1, 2, 3}, {4, 5, 6}};
+  ASSERT_TRUE(host_.ch->send(req).ok());
+  ASSERT_TRUE(run_until([&] { return ext_.frames.size() == 1; }));
+  ASSERT_TRUE(std::holds_alternative<Request>(ext_.frames[0]));
+  EXPECT_EQ(std::get<Request>(ext_.frames[0]), req);
+
+  Response resp;
+  resp.id = 7;
+  resp.code = Code::Trap;
+  resp.trap = TrapKind::DivideByZero;
+  resp.error = "divided by zero";
+  resp.payload = std::string("out\0put", 7);
+  resp.shm_refs = {{9, 8, 7}};
+  ASSERT_TRUE(ext_.ch->send(resp).ok());
+  ASSERT_TRUE(run_until([&] { return host_.frames.size() == 1; }));
+  ASSERT_TRUE(std::holds_alternative<Response>(host_.frames[0]));
+  EXPECT_EQ(std::get<Response>(host_.frames[0]), resp);
+  EXPECT_FALSE(host_.closed);
+  EXPECT_FALSE(ext_.closed);
+}
+
+TEST_P(ChannelTest, EveryFrameKindCrosses) {
+  open_pair();
+  const std::vector<Frame> to_ext = {Cancel{5}, LoadSkill{6, "s", "\0asm", "", 16, 100}, UnloadSkill{7, "s"},
+                                     Health{8}, Shutdown{250}};
+  const std::vector<Frame> to_host = {Ready{kProtocolVersion, 1234, "ext"}, Log{3, "a log line"}};
+  for (const Frame& f : to_ext) ASSERT_TRUE(host_.ch->send(f).ok()) << frame_name(f);
+  for (const Frame& f : to_host) ASSERT_TRUE(ext_.ch->send(f).ok()) << frame_name(f);
+  ASSERT_TRUE(run_until([&] { return ext_.frames.size() == to_ext.size() && host_.frames.size() == to_host.size(); }));
+  EXPECT_EQ(ext_.frames, to_ext);
+  EXPECT_EQ(host_.frames, to_host);
+}
+
+TEST_P(ChannelTest, FramesSentBeforeThePeerExistsArrive) {
+  // The extension announces itself first thing, before the host's side is even created.
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  ext_.ch = make_channel(GetParam(), Role::Extension, &loop_, sv[1]);
+  const Ready ready{kProtocolVersion, 42, "early"};
+  ASSERT_TRUE(ext_.ch->send(ready).ok());
+  start(ext_);
+  run_for(20ms);
+  host_.ch = make_channel(GetParam(), Role::Host, &loop_, sv[0]);
+  start(host_);
+  ASSERT_TRUE(run_until([&] { return !host_.frames.empty(); }));
+  EXPECT_EQ(host_.frames[0], Frame(ready));
+}
+
+TEST_P(ChannelTest, BurstOf1000FramesArrivesInOrderBothWays) {
+  open_pair();
+  constexpr uint64_t kN = 1000;
+  for (uint64_t i = 1; i <= kN; ++i) {
+    Request r;
+    r.id = i;
+    r.target = "burst";
+    r.payload = std::to_string(i);
+    ASSERT_TRUE(host_.ch->send(r).ok());
+    Response p;
+    p.id = i;
+    p.payload = std::to_string(i * 2);
+    ASSERT_TRUE(ext_.ch->send(p).ok());
+  }
+  ASSERT_TRUE(run_until([&] { return ext_.frames.size() == kN && host_.frames.size() == kN; }, 30s))
+      << ext_.frames.size() << " and " << host_.frames.size() << " of " << kN;
+  for (uint64_t i = 1; i <= kN; ++i) {
+    const auto& r = std::get<Request>(ext_.frames[i - 1]);
+    ASSERT_EQ(r.id, i);
+    ASSERT_EQ(r.payload, std::to_string(i));
+    const auto& p = std::get<Response>(host_.frames[i - 1]);
+    ASSERT_EQ(p.id, i);
+    ASSERT_EQ(p.payload, std::to_string(i * 2));
+  }
+  EXPECT_FALSE(host_.closed);
+  EXPECT_FALSE(ext_.closed);
+}
+
+TEST_P(ChannelTest, TwentyMiBPayloadArrivesIntactAndEchoesBack) {
+  open_pair();
+  const std::string big = random_bytes(20u << 20, 1);
+  ext_.on_frame = [&](const Frame& f) {
+    const auto& r = std::get<Request>(f);
+    Response p;
+    p.id = r.id;
+    p.payload = r.payload;
+    ASSERT_TRUE(ext_.ch->send(p).ok());
+  };
+  Request r;
+  r.id = 1;
+  r.target = "big";
+  r.payload = big;
+  const auto t0 = Clock::now();
+  ASSERT_TRUE(host_.ch->send(r).ok());
+  ASSERT_TRUE(run_until([&] { return !host_.frames.empty() || host_.closed || ext_.closed; }, 60s));
+  ASSERT_FALSE(host_.closed) << host_.closed->to_string();
+  ASSERT_FALSE(ext_.closed) << ext_.closed->to_string();
+  std::printf("20 MiB there and back: %.1f ms\n",
+              std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  // EXPECT_TRUE, not EXPECT_EQ: a failure should not print 20 MiB.
+  EXPECT_TRUE(std::get<Request>(ext_.frames.at(0)).payload == big);
+  EXPECT_TRUE(std::get<Response>(host_.frames.at(0)).payload == big);
+}
+
+TEST_P(ChannelTest, OversizedFrameIsRefusedAndTheChannelKeepsWorking) {
+  constexpr uint32_t kMax = 64 * 1024;
+  open_pair(kMax);
+  Request r;
+  r.target = "t";
+  for (const size_t n : {size_t(kMax) + 1, size_t(kMax)}) {  // the cheap bound; the exact size
+    r.id = n;
+    r.payload.assign(n, 'x');
+    const Status s = host_.ch->send(r);
+    ASSERT_FALSE(s.ok()) << n;
+    EXPECT_EQ(s.error().code, Code::ResourceExhausted) << s.error().to_string();
+  }
+  Response big;
+  big.id = 9;
+  big.payload.assign(kMax, 'y');
+  const Status s = ext_.ch->send(big);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code, Code::ResourceExhausted);
+
+  r.id = 1;
+  r.payload.assign(kMax - 100, 'z');  // just under the limit
+  ASSERT_TRUE(host_.ch->send(r).ok());
+  r.id = 2;
+  r.payload = "small";
+  ASSERT_TRUE(host_.ch->send(r).ok());
+  Response p;
+  p.id = 1;
+  ASSERT_TRUE(ext_.ch->send(p).ok());
+  ASSERT_TRUE(run_until([&] { return ext_.frames.size() == 2 && host_.frames.size() == 1; }));
+  EXPECT_EQ(std::get<Request>(ext_.frames[0]).id, 1u);
+  EXPECT_EQ(std::get<Request>(ext_.frames[0]).payload.size(), kMax - 100);
+  EXPECT_EQ(std::get<Request>(ext_.frames[1]).id, 2u);
+  EXPECT_EQ(std::get<Response>(host_.frames[0]).id, 1u);
+  run_for(20ms);
+  EXPECT_EQ(ext_.frames.size(), 2u) << "an oversized frame went out";
+  EXPECT_FALSE(host_.closed);
+  EXPECT_FALSE(ext_.closed);
+}
+
+TEST_P(ChannelTest, HostCloseReachesExtension) {
+  open_pair();
+  ASSERT_TRUE(host_.ch->send(Health{1}).ok());
+  ASSERT_TRUE(run_until([&] { return !ext_.frames.empty(); }));
+  expect_close_reaches_peer(host_, ext_);
+}
+
+TEST_P(ChannelTest, ExtensionCloseReachesHost) {
+  open_pair();
+  ASSERT_TRUE(host_.ch->send(Health{1}).ok());
+  ASSERT_TRUE(run_until([&] { return !ext_.frames.empty(); }));
+  expect_close_reaches_peer(ext_, host_);
+}
+
+TEST_P(ChannelTest, CloseRightAfterOpeningReachesThePeer) {
+  open_pair();
+  expect_close_reaches_peer(host_, ext_);
+  ext_.ch.reset();
+  host_.ch.reset();
+  host_ = Side{};
+  ext_ = Side{};
+  open_pair();
+  expect_close_reaches_peer(ext_, host_);
+}
+
+TEST_P(ChannelTest, PeerSocketClosedIsUnavailable) {
+  for (const Role role : {Role::Host, Role::Extension}) {
+    SCOPED_TRACE(role == Role::Host ? "host" : "extension");
+    Side side;
+    const int peer = open_one(role, side);
+    run_for(10ms);
+    ::close(peer);  // the peer process died
+    const auto t0 = Clock::now();
+    ASSERT_TRUE(run_until([&] { return side.closed.has_value(); }, 3s));
+    EXPECT_LT(Clock::now() - t0, 1s);
+    EXPECT_EQ(side.closed->code, Code::Unavailable) << side.closed->to_string();
+    EXPECT_FALSE(side.closed->message.empty());
+  }
+}
+
+TEST_P(ChannelTest, CloseIsPromptWhenThePeerIsStuck) {
+  for (const Role role : {Role::Host, Role::Extension}) {
+    SCOPED_TRACE(role == Role::Host ? "host" : "extension");
+    Side side;
+    const int peer = open_one(role, side);  // never reads, never answers
+    Request r;
+    r.payload.assign(8u << 20, 'x');  // more than the socket holds
+    ASSERT_TRUE(side.ch->send(r).ok());
+    run_for(50ms);
+    const auto t0 = Clock::now();
+    side.ch->close();
+    EXPECT_LT(Clock::now() - t0, 1s);
+    side.ch.reset();
+    EXPECT_FALSE(side.closed);
+    ::close(peer);
+  }
+}
+
+TEST_P(ChannelTest, CloseInsideOnFrameStopsDelivery) {
+  open_pair();
+  ext_.on_frame = [&](const Frame&) { ext_.ch->close(); };
+  for (uint64_t i = 1; i <= 3; ++i) ASSERT_TRUE(host_.ch->send(Cancel{i}).ok());
+  ASSERT_TRUE(run_until([&] { return !ext_.frames.empty(); }));
+  run_for(50ms);
+  EXPECT_EQ(ext_.frames.size(), 1u);
+  EXPECT_FALSE(ext_.closed);
+  ext_.ch->close();  // idempotent
+}
+
+TEST_P(ChannelTest, DestroyInsideOnClosedIsSafe) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  host_.ch = make_channel(GetParam(), Role::Host, &loop_, sv[0]);
+  ext_.ch = make_channel(GetParam(), Role::Extension, &loop_, sv[1]);
+  start(host_);
+  bool told = false;
+  ext_.ch->start({[](Frame&&) {}, [&](const Error&) {
+                    told = true;
+                    ext_.ch.reset();
+                  }});
+  ASSERT_TRUE(host_.ch->send(Health{1}).ok());
+  run_for(20ms);
+  host_.ch->close();
+  ASSERT_TRUE(run_until([&] { return told; }, 3s));
+  EXPECT_EQ(ext_.ch, nullptr);
+}
+
+TEST_P(ChannelTest, ClosedChannelsReleaseTheirDescriptors) {
+  open_pair();  // warm-up: the library may keep process-wide descriptors
+  ASSERT_TRUE(host_.ch->send(Health{1}).ok());
+  ASSERT_TRUE(run_until([&] { return !ext_.frames.empty(); }));
+  host_.ch.reset();
+  ext_.ch.reset();
+  run_for(50ms);
+  const int before = count_open_fds();
+  for (int i = 0; i < 10; ++i) {
+    host_ = Side{};
+    ext_ = Side{};
+    open_pair();
+    ASSERT_TRUE(host_.ch->send(Health{1}).ok());
+    ASSERT_TRUE(run_until([&] { return !ext_.frames.empty(); }));
+    host_.ch.reset();
+    ext_.ch.reset();
+  }
+  const auto deadline = Clock::now() + 2s;
+  while (count_open_fds() > before && Clock::now() < deadline) run_for(5ms);
+  EXPECT_LE(count_open_fds(), before);
+}
+
+TEST_P(ChannelTest, GarbageFromThePeerClosesTheChannelWithoutCrashing) {
+  for (const Role role : {Role::Host, Role::Extension}) {
+    for (uint32_t seed = 1; seed <= 3; ++seed) {
+      SCOPED_TRACE((role == Role::Host ? "host, seed " : "extension, seed ") + std::to_string(seed));
+      Side side;
+      const int peer = open_one(role, side);
+      const std::string junk = random_bytes(4096, seed);
+      ASSERT_EQ(::write(peer, junk.data(), junk.size()), static_cast<ssize_t>(junk.size()));
+      // Then hang up: a random length prefix may promise more than was sent, and a gRPC
+      // server cannot tell us its connection broke, only the peer hanging up can.
+      ::close(peer);
+      ASSERT_TRUE(run_until([&] { return side.closed.has_value(); }, 3s));
+      EXPECT_NE(side.closed->code, Code::Ok);
+    }
+  }
+}
+
+TEST_P(ChannelTest, MalformedMsgpackFrameIsInvalidArgument) {
+  if (GetParam() != Encoding::Msgpack) GTEST_SKIP() << "raw frames are msgpack's";
+  const std::vector<std::string> frames = {
+      std::string("\x05\x00\x00\x00\xc1\xc1\xc1\xc1\xc1", 9),  // 0xc1 is never valid msgpack
+      std::string("\x01\x00\x00\x00\x2a", 5),                  // an int, not an array
+      std::string("\x03\x00\x00\x00\x92\x01\x02", 7),          // Request with 1 of 7 fields
+      std::string("\x02\x00\x00\x00\x91\x63", 6),              // unknown tag 99
+      std::string("\x00\x00\x00\x00", 4),                      // empty frame
+  };
+  for (size_t i = 0; i < frames.size(); ++i) {
+    SCOPED_TRACE("frame " + std::to_string(i));
+    Side side;
+    const int peer = open_one(Role::Extension, side);
+    ASSERT_EQ(::write(peer, frames[i].data(), frames[i].size()), static_cast<ssize_t>(frames[i].size()));
+    ASSERT_TRUE(run_until([&] { return side.closed.has_value(); }, 3s));
+    EXPECT_EQ(side.closed->code, Code::InvalidArgument) << side.closed->to_string();
+    EXPECT_TRUE(side.frames.empty());
+    EXPECT_EQ(side.ch->send(Cancel{1}).error().code, Code::Unavailable);
+    ::close(peer);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Encodings, ChannelTest, ::testing::Values(Encoding::Msgpack, Encoding::Grpc),
+                         [](const ::testing::TestParamInfo<Encoding>& i) { return std::string(to_string(i.param)); });
+
+}  // namespace
+}  // namespace airlock::proto

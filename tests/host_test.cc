@@ -9,6 +9,9 @@
 #include <fstream>
 #include <thread>
 
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
+
 #include "airlock/host.h"
 
 using namespace airlock;
@@ -162,6 +165,30 @@ TEST_P(HostTest, WithoutRestartACrashedExtensionSaysSo) {
   auto r = ext.call("echo", "x");
   EXPECT_EQ(r.error().code, Code::ExtensionCrashed);
   EXPECT_THAT(r.error().message, HasSubstr("once"));
+}
+
+TEST_P(HostTest, ExtensionAndSkillLogLinesReachTheHostLogTagged) {
+  auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(256);
+  spdlog::default_logger()->sinks().push_back(sink);
+  auto o = opts();
+  o.log_level = "info";
+  {
+    Host h(o);
+    auto ext = spawn(h, "chatty");
+    ASSERT_TRUE(ext.load_skill("printer", skill("printer")).ok());
+    ASSERT_EQ(*ext.call("printer", "xyz"), "printed");
+    auto found = [&] {
+      for (auto& l : sink->last_formatted()) {
+        if (l.find("[ext chatty] [skill printer] hello from printer: xyz") != std::string::npos) return true;
+      }
+      return false;
+    };
+    auto end = std::chrono::steady_clock::now() + 2s;
+    while (!found() && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(10ms);
+    EXPECT_TRUE(found());
+  }
+  auto& sinks = spdlog::default_logger()->sinks();
+  sinks.erase(std::remove(sinks.begin(), sinks.end(), sink), sinks.end());
 }
 
 TEST_P(HostTest, ThousandConcurrentWaitsFinishWithinASecond) {

@@ -22,6 +22,8 @@ int main(int argc, char** argv) {
   app.add_option("--input", input, "Input for greet: name[,kb[,ms]]")->capture_default_str();
   app.add_option("--transport", transports, "Transports to try")->capture_default_str()
       ->check(CLI::IsMember({"msgpack", "grpc"}));
+  bool no_zygote = false;
+  app.add_flag("--no-zygote", no_zygote, "Start extensions with exec instead of forking them from a zygote");
   CLI11_PARSE(app, argc, argv);
 
   const std::string wasm = skill_dir + "/greet.wasm";
@@ -34,6 +36,7 @@ int main(int argc, char** argv) {
     HostOptions ho;
     ho.transport = t == "grpc" ? Transport::Grpc : Transport::Msgpack;
     ho.log_level = "warn";
+    ho.use_zygote = !no_zygote;
     Host host(ho);
     auto t0 = Clock::now();
     ExtensionOptions eo;

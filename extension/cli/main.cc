@@ -13,6 +13,7 @@
 #include <iterator>
 
 #include "runtime/skill_runtime.h"
+#include "cli/zygote.h"
 #include "serve/server.h"
 
 using namespace airlock;
@@ -79,7 +80,7 @@ int run_skill(const RunArgs& a) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run_cli(int argc, char** argv) {
   CLI::App app{"airlock-extension: runs WebAssembly skills for an Airlock host"};
   app.require_subcommand(1);
   std::string log_level = "info";
@@ -110,13 +111,29 @@ int main(int argc, char** argv) {
   srv->add_option("--max-memory-mb", so.default_max_memory_mb, "Default memory limit of skills")->capture_default_str();
   srv->add_option("--timeout-ms", so.default_timeout_ms, "Default time limit per call")->capture_default_str();
 
+  int zygote_fd = 3;
+  auto* zyg = app.add_subcommand("zygote", "Fork new extensions on request (started by the host library)");
+  zyg->add_option("--fd", zygote_fd, "Inherited SOCK_SEQPACKET socket to the host")->capture_default_str();
+
   CLI11_PARSE(app, argc, argv);
-  spdlog::set_default_logger(spdlog::stderr_color_st("airlock-extension"));
+  // Not registered by name: a zygote's child runs this again in the same address space.
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+      "airlock-extension", std::make_shared<spdlog::sinks::stderr_color_sink_st>()));
   spdlog::set_level(spdlog::level::from_str(log_level));
   if (run->parsed()) return run_skill(ra);
   if (srv->parsed()) {
     so.encoding = *proto::parse_encoding(transport);
     return serve::serve(so);
   }
+  if (zyg->parsed()) {
+    return cli::run_zygote(zygote_fd, [](std::vector<std::string>& args) {
+      std::vector<char*> av;
+      for (auto& a : args) av.push_back(a.data());
+      av.push_back(nullptr);
+      return run_cli(static_cast<int>(args.size()), av.data());
+    });
+  }
   return 2;
 }
+
+int main(int argc, char** argv) { return run_cli(argc, argv); }

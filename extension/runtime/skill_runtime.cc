@@ -315,9 +315,9 @@ void SkillRuntime::run(Call& c) {
   }
   int32_t rc = r->empty() ? 0 : (*r)[0].i32;
   if (rc == 0) return finish(c, std::move(c.output));
-  // A skill may fail with a status code of its own (e.g. InvalidArgument); other values are Internal.
-  Code code = Code::Internal;
-  if (rc > 0 && rc <= kMaxCode && rc != static_cast<int32_t>(Code::ExtensionCrashed)) code = static_cast<Code>(rc);
+  // A skill may fail with a status code of its own (e.g. InvalidArgument, or the code of
+  // a nested call it passes on); other values are Internal.
+  Code code = rc > 0 && rc <= kMaxCode ? static_cast<Code>(rc) : Code::Internal;
   std::string msg = c.error_msg ? *c.error_msg : "skill returned " + std::to_string(rc);
   finish(c, skill_error(s.name, code, "function '" + c.func + "' failed: " + msg));
 }

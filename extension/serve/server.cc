@@ -51,6 +51,7 @@ class Server {
 
   int run() {
     runtime_->set_log_sink([this](int level, std::string_view skill, std::string_view line) {
+      if (level < static_cast<int>(spdlog::get_level())) return;
       send_log(level, "[skill " + std::string(skill) + "] " + std::string(line));
     });
     runtime_->set_service_handler([this](const runtime::ServiceCall& c, std::string service, std::string input,

@@ -21,7 +21,8 @@ AIRLOCK_SKILL(run) {
   int rc = airlock_call(service, payload, payload_len, &reply, &reply_len);
   free(service);
   if (rc != AIRLOCK_OK) {
-    int r = airlock_fail("call failed (code %d): %s", rc, reply ? (const char*)reply : "");
+    /* Pass the code on: a chain's caller sees where and why it failed. */
+    int r = airlock_fail_code(rc, "call failed (code %d): %s", rc, reply ? (const char*)reply : "");
     free(reply);
     return r;
   }

@@ -46,6 +46,7 @@ HostImpl::HostImpl(HostOptions o) : opts(std::move(o)) {
   auto bin = find_extension_binary(opts.extension_binary);
   if (bin.ok()) {
     binary = bin.value();
+    if (opts.use_zygote) zygote_ = std::make_unique<Zygote>(binary);
   } else {
     binary_error = bin.error();
   }
@@ -63,11 +64,13 @@ HostImpl::HostImpl(HostOptions o) : opts(std::move(o)) {
 
 HostImpl::~HostImpl() {
   stop_all(0ms);
+  workers_.reset();  // after stop_all: blocked handlers' nested calls have failed by now
   post([this] {
     closing_ = true;
     uv_close(reinterpret_cast<uv_handle_t*>(&wake_), nullptr);
   });
   thread_.join();
+  zygote_.reset();
   uv_run(&loop_, UV_RUN_DEFAULT);
   uv_loop_close(&loop_);
 }
@@ -146,7 +149,12 @@ void HostImpl::start_process(const std::shared_ptr<ExtensionState>& e) {
                                    "--max-frame-bytes", std::to_string(opts.max_frame_bytes),
                                    "--max-memory-mb", std::to_string(lim.max_memory_mb),
                                    "--timeout-ms", std::to_string(lim.timeout_ms)};
-  auto child = spawn_child(argv, e->opts.env);
+  Result<ChildProcess> child = make_error(Code::Unavailable, "zygote disabled");
+  if (zygote_) {
+    child = zygote_->spawn(argv, e->opts.env);
+    if (!child.ok()) spdlog::warn("zygote: {}; starting '{}' with exec instead", child.error().message, e->opts.name);
+  }
+  if (!child.ok()) child = spawn_child(argv, e->opts.env);
   if (!child.ok()) {
     if (e->on_ready) std::exchange(e->on_ready, nullptr)(child.take_error());
     return;
@@ -175,15 +183,10 @@ void HostImpl::start_process(const std::shared_ptr<ExtensionState>& e) {
 
 void HostImpl::on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&& f) {
   if (auto* r = std::get_if<proto::Response>(&f)) {
-    auto it = e->pending.find(r->id);
-    if (it == e->pending.end()) return;  // timed out or cancelled already
-    PendingCall pc = std::move(it->second);
-    e->pending.erase(it);
-    stop_timer(pc.timer);
     if (r->code == Code::Ok) {
-      pc.done(std::move(r->payload));
+      complete_pending(*e, r->id, std::move(r->payload));
     } else {
-      pc.done(make_error(r->code, std::move(r->error), r->trap));
+      complete_pending(*e, r->id, make_error(r->code, std::move(r->error), r->trap));
     }
   } else if (auto* l = std::get_if<proto::Log>(&f)) {
     spdlog::log(static_cast<spdlog::level::level_enum>(std::min<int>(l->level, 6)), "[ext {}] {}", e->opts.name,
@@ -200,22 +203,24 @@ void HostImpl::on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&&
       finish(ok_status());
     }
   } else if (auto* req = std::get_if<proto::Request>(&f)) {
-    // Host services (skills calling back into the host) arrive here.
-    proto::Response resp;
-    resp.id = req->id;
-    resp.code = Code::NotFound;
-    resp.error = "no host service '" + req->target + "'";
-    (void)e->channel->send(resp);
+    on_service_request(e, std::move(*req));  // a skill calling a host service
   }
 }
 
+void HostImpl::complete_pending(ExtensionState& e, uint64_t id, CallResult r) {
+  auto it = e.pending.find(id);
+  if (it == e.pending.end()) return;  // answered, timed out or cancelled already
+  PendingCall pc = std::move(it->second);
+  e.pending.erase(it);
+  stop_timer(pc.timer);
+  end_services(e, id);
+  pc.done(std::move(r));
+}
+
 void HostImpl::fail_pending(ExtensionState& e, const Error& err) {
-  auto pending = std::move(e.pending);
-  e.pending.clear();
-  for (auto& [id, pc] : pending) {
-    stop_timer(pc.timer);
-    pc.done(err);
-  }
+  std::vector<uint64_t> ids;
+  for (auto& [id, pc] : e.pending) ids.push_back(id);
+  for (auto id : ids) complete_pending(e, id, err);
 }
 
 void HostImpl::on_channel_closed(const std::shared_ptr<ExtensionState>& e, const Error& err) {
@@ -295,7 +300,7 @@ void HostImpl::reload_skills(const std::shared_ptr<ExtensionState>& e, std::func
 // ---- calls ---------------------------------------------------------------------------
 
 void HostImpl::send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, proto::Frame frame,
-                         std::chrono::milliseconds timeout, Done done) {
+                         std::chrono::milliseconds timeout, Done done, ChainInfo info) {
   if (!e->channel) {
     std::string why = e->stopping ? "is stopped" : "is not running" + (e->down_reason.empty() ? "" : " (" + e->down_reason + ")");
     return done(make_error(e->stopping ? Code::Unavailable : Code::ExtensionCrashed, ext_label(*e) + " " + why));
@@ -303,30 +308,23 @@ void HostImpl::send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, 
   if (auto st = e->channel->send(frame); !st.ok()) {
     return done(make_error(st.error().code, ext_label(*e) + ": " + st.error().message));
   }
-  PendingCall pc{std::move(done), nullptr};
+  if (info.deadline == Deadline{}) info.deadline = std::chrono::steady_clock::now() + timeout;
+  PendingCall pc{std::move(done), nullptr, std::move(info)};
   std::weak_ptr<ExtensionState> weak = e;
   pc.timer = start_timer(&loop_, static_cast<uint64_t>(timeout.count()), [this, weak, id, timeout] {
     auto s = weak.lock();
-    if (!s) return;
-    auto it = s->pending.find(id);
-    if (it == s->pending.end()) return;
-    PendingCall p = std::move(it->second);
-    s->pending.erase(it);
-    stop_timer(p.timer);
+    if (!s || !s->pending.count(id)) return;
     if (s->channel) (void)s->channel->send(proto::Cancel{id});
-    p.done(make_error(Code::Timeout, ext_label(*s) + ": no answer within " + std::to_string(timeout.count()) + " ms"));
+    complete_pending(*s, id, make_error(Code::Timeout, ext_label(*s) + ": no answer within " +
+                                                           std::to_string(timeout.count()) + " ms"));
   });
   e->pending.emplace(id, std::move(pc));
 }
 
 void HostImpl::cancel_call(const std::shared_ptr<ExtensionState>& e, uint64_t id) {
-  auto it = e->pending.find(id);
-  if (it == e->pending.end()) return;
-  PendingCall pc = std::move(it->second);
-  e->pending.erase(it);
-  stop_timer(pc.timer);
+  if (!e->pending.count(id)) return;
   if (e->channel) (void)e->channel->send(proto::Cancel{id});
-  pc.done(make_error(Code::Cancelled, ext_label(*e) + ": call cancelled"));
+  complete_pending(*e, id, make_error(Code::Cancelled, ext_label(*e) + ": call cancelled"));
 }
 
 // ---- stopping ------------------------------------------------------------------------
@@ -378,6 +376,12 @@ void HostImpl::stop_all(std::chrono::milliseconds grace) {
 using detail::ExtensionState;
 
 Host::Host(HostOptions options) : impl_(std::make_unique<detail::HostImpl>(std::move(options))) {}
+void Host::register_service(const std::string& name, ServiceHandler handler) {
+  impl_->register_service(name, std::move(handler), nullptr);
+}
+void Host::register_blocking_service(const std::string& name, BlockingServiceHandler handler) {
+  impl_->register_service(name, nullptr, std::move(handler));
+}
 Host::~Host() = default;
 Result<Extension> Host::spawn(ExtensionOptions options) { return impl_->spawn(std::move(options)); }
 std::optional<Extension> Host::find(std::string_view name) const { return impl_->find(name); }
@@ -491,8 +495,9 @@ CallId Extension::call_async(std::string_view skill, std::string_view input, con
   req.method = opts.func;
   req.payload = std::string(input);
   auto s = s_;
-  host->post([s, host, id, req = std::move(req), timeout, done = std::move(done)]() mutable {
-    host->send_call(s, id, std::move(req), timeout, std::move(done));
+  detail::ChainInfo info{1, s->opts.name + "/" + std::string(skill), std::chrono::steady_clock::now() + timeout};
+  host->post([s, host, id, req = std::move(req), timeout, done = std::move(done), info = std::move(info)]() mutable {
+    host->send_call(s, id, std::move(req), timeout, std::move(done), std::move(info));
   });
   return id;
 }

@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -15,10 +16,13 @@
 #include "airlock/channel.h"
 #include "airlock/host.h"
 #include "process.h"
+#include "zygote.h"
 
 namespace airlock::detail {
 
 using Done = std::function<void(CallResult)>;
+class HostImpl;
+class ExtensionState;
 
 struct LoadedSkill {
   std::string wasm;  // bytes (load_skill_bytes) ...
@@ -26,9 +30,48 @@ struct LoadedSkill {
   SkillLimits limits;
 };
 
+using Deadline = std::chrono::steady_clock::time_point;
+
+// Where a call sits in its chain (host -> A -> host service -> B -> ...).
+struct ChainInfo {
+  uint32_t depth = 0;     // 1 for a call from the application, +1 per nested skill call
+  std::string chain;      // "A/run -> kv.get -> B/run", for messages
+  Deadline deadline{};
+};
+
 struct PendingCall {
   Done done;
   uv_timer_t* timer = nullptr;  // host-side deadline (backstop to the extension's own)
+  ChainInfo info;
+};
+
+// A skill's call of a host service, while it is open. Shared by the handler's
+// ServiceRequest copies and the loop.
+struct ServiceCallState {
+  HostImpl* host = nullptr;
+  std::shared_ptr<ExtensionState> ext;  // the caller
+  uint64_t id = 0;                      // the extension's request id: the reply goes there
+  uint64_t parent = 0;                  // host request id of the call the skill is serving
+  std::string service, input;
+  ChainInfo info;
+  std::atomic<bool> replied{false};
+  std::atomic<bool> cancelled{false};
+  std::vector<std::pair<std::weak_ptr<ExtensionState>, uint64_t>> children;  // [loop] nested calls
+};
+
+// Workers for blocking services.
+class WorkerPool {
+ public:
+  explicit WorkerPool(unsigned threads);
+  ~WorkerPool();
+  void submit(std::function<void()> job);
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
 };
 
 // One extension: the handle's shared state. Fields marked [loop] are touched only on
@@ -48,6 +91,8 @@ class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
   uv_poll_t* exit_watch = nullptr;
   std::unordered_map<uint64_t, PendingCall> pending;
   std::map<std::string, LoadedSkill> skills;  // reloaded after a restart
+  // Open service calls, by the host request they were made under (cancelled with it).
+  std::unordered_map<uint64_t, std::vector<std::shared_ptr<ServiceCallState>>> services;
   std::function<void(Status)> on_ready;       // spawn / restart waiting for Ready
   uint32_t restarts = 0;
   std::chrono::milliseconds backoff{0};
@@ -73,11 +118,21 @@ class HostImpl {
   // [loop] operations on an extension
   void start_process(const std::shared_ptr<ExtensionState>& e);
   void send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, proto::Frame frame,
-                 std::chrono::milliseconds timeout, Done done);
+                 std::chrono::milliseconds timeout, Done done, ChainInfo info = {});
+  // Ends a pending call: its timer, its chain's open service calls, then `done`.
+  void complete_pending(ExtensionState& e, uint64_t id, CallResult r);
   void cancel_call(const std::shared_ptr<ExtensionState>& e, uint64_t id);
   void stop_extension(const std::shared_ptr<ExtensionState>& e, std::chrono::milliseconds grace, std::function<void()> done);
 
   uint64_t next_id() { return next_id_.fetch_add(1, std::memory_order_relaxed); }
+
+  // Host services (services.cc).
+  void register_service(const std::string& name, ServiceHandler h, BlockingServiceHandler b);
+  void on_service_request(const std::shared_ptr<ExtensionState>& e, proto::Request&& r);
+  void reply_service(const std::shared_ptr<ServiceCallState>& s, CallResult r);  // [loop]
+  void nested_call(const std::shared_ptr<ServiceCallState>& s, std::string ext, std::string skill, std::string input,
+                   Done done);  // [loop]
+  void end_services(ExtensionState& e, uint64_t parent);  // [loop]
   const HostOptions opts;
   std::string binary;  // resolved extension binary ("" if not found)
   Error binary_error;
@@ -99,6 +154,10 @@ class HostImpl {
   std::thread thread_;
   std::thread::id loop_thread_id_;
   std::atomic<uint64_t> next_id_{1};
+  std::unique_ptr<Zygote> zygote_;  // [loop] null when HostOptions::use_zygote is off
+  std::mutex svc_mu_;
+  std::map<std::string, std::pair<ServiceHandler, BlockingServiceHandler>> service_handlers_;
+  std::unique_ptr<WorkerPool> workers_;
   mutable std::mutex ext_mu_;
   std::map<std::string, std::shared_ptr<ExtensionState>, std::less<>> extensions_;
 };

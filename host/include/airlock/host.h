@@ -45,6 +45,10 @@ struct RestartPolicy {
 
 struct ExtensionOptions {
   std::string name;                      // unique per host; tags its log lines
+  // Skills this extension may call directly through the host with the built-in service
+  // "@EXT/SKILL": entries "EXT" (any skill) or "EXT/SKILL"; "*" allows everything.
+  // Default: nothing (PermissionDenied).
+  std::vector<std::string> may_call;
   std::optional<SkillLimits> limits;     // default for skills loaded into it (else the host's)
   std::vector<std::string> env;          // "KEY=VALUE" for the process (nothing else is inherited)
   RestartPolicy restart;
@@ -58,9 +62,13 @@ struct HostOptions {
   std::string extension_binary;
   SkillLimits default_limits;
   std::chrono::milliseconds default_call_timeout = 30s;
-  std::string log_level = "info";        // host and extensions (spdlog level names)
+  // Extensions' log level (spdlog names). Their lines, and the host's own, go to
+  // spdlog's default logger, whose level the application controls.
+  std::string log_level = "info";
   uint32_t max_frame_bytes = 64u << 20;  // larger frames are refused (ResourceExhausted)
   bool use_zygote = true;                // fork extensions from a pre-loaded process
+  uint32_t max_chain_depth = 16;         // nested skill calls per chain (host -> A -> host -> B ...)
+  uint32_t service_threads = 4;          // workers for blocking services
 };
 
 struct CallOptions {
@@ -74,7 +82,40 @@ using CallId = uint64_t;
 namespace detail {
 class HostImpl;
 class ExtensionState;
+struct ServiceCallState;
 }  // namespace detail
+
+// A skill's call of a host service, as its handler sees it. Copyable; every copy
+// refers to the same request. Thread-safe.
+class ServiceRequest {
+ public:
+  const std::string& service() const;    // e.g. "kv.get"
+  const std::string& extension() const;  // the calling extension
+  const std::string& input() const;
+  std::chrono::steady_clock::time_point deadline() const;  // the chain's deadline
+  uint32_t depth() const;                // skill calls above this request in its chain
+  std::string chain() const;             // "A/run -> kv.get", for messages
+  bool cancelled() const;                // the chain was cancelled or timed out
+
+  // Answers the skill (exactly once; later replies are ignored).
+  void reply(CallResult result) const;
+  // Calls a skill as part of this chain: inherits the remaining deadline, counts
+  // toward max_chain_depth and is cancelled with the chain. `done` runs on the host's
+  // I/O thread; errors name the extension and skill where they happened.
+  void call(std::string_view extension, std::string_view skill, std::string_view input,
+            std::function<void(CallResult)> done) const;
+  CallResult call(std::string_view extension, std::string_view skill, std::string_view input) const;  // not on the I/O thread
+
+ private:
+  friend class detail::HostImpl;
+  explicit ServiceRequest(std::shared_ptr<detail::ServiceCallState> s) : s_(std::move(s)) {}
+  std::shared_ptr<detail::ServiceCallState> s_;
+};
+
+// Runs on the host's I/O thread: must not block. Reply now or later, from any thread.
+using ServiceHandler = std::function<void(ServiceRequest)>;
+// Runs on a worker thread (HostOptions::service_threads); may block.
+using BlockingServiceHandler = std::function<CallResult(const ServiceRequest&)>;
 
 // A handle to one extension process (cheap to copy). Survives restarts: after a crash
 // with a restart policy, the same handle talks to the new process.
@@ -119,6 +160,19 @@ class Host {
   // Stops every extension: graceful within `grace`, then SIGTERM, then SIGKILL.
   void stop(std::chrono::milliseconds grace = 2s);
   const HostOptions& options() const;
+
+  // Host services skills call by name with airlock_call(). Registering a name again
+  // replaces the handler.
+  void register_service(const std::string& name, ServiceHandler handler);
+  void register_blocking_service(const std::string& name, BlockingServiceHandler handler);
+  // A "proxied singleton": one object, its methods as services "NAME.METHOD".
+  template <class T>
+  void register_object(const std::string& name, std::shared_ptr<T> object,
+                       std::vector<std::pair<std::string, CallResult (T::*)(const ServiceRequest&)>> methods) {
+    for (auto& [method, fn] : methods) {
+      register_blocking_service(name + "." + method, [object, fn = fn](const ServiceRequest& r) { return ((*object).*fn)(r); });
+    }
+  }
 
  private:
   std::unique_ptr<detail::HostImpl> impl_;

@@ -1,0 +1,653 @@
+// rpc_bench: what a skill call costs across the process boundary (msgpack and gRPC),
+// beside the same call in-process (local_*) and the floors (raw_socketpair, memcpy_*).
+// Every test is a row of the table in make_tests(): a name, a transport, a category,
+// its baseline and a prepare() that returns one measured step (or why it cannot run).
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <uv.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <map>
+#include <memory>
+#include <optional>
+#include <regex>
+
+#include "airlock/host.h"
+#include "bench_util.h"
+#include "runtime/skill_runtime.h"
+
+using namespace airlock;
+using namespace airlock::bench;
+using std::chrono::milliseconds;
+
+namespace {
+
+constexpr size_t kMiB = size_t{1} << 20;
+constexpr uint32_t kSkillMemoryMb = 128;  // sum must hold a 50 MiB input
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+struct Config {
+  int warmup = 5, iterations = 1000;
+  milliseconds timeout{30'000};
+  bool zygote = true;
+  std::string skills_dir = AIRLOCK_BENCH_SKILL_DIR, extension_binary;
+};
+
+// ---- payloads: the input of each test and the exact output the skill must return --------
+
+struct Payload {
+  std::string skill, input, expect;
+};
+
+std::string le64(uint64_t v) {
+  std::string s(8, '\0');
+  for (int i = 0; i < 8; ++i) s[i] = static_cast<char>(v >> (8 * i));
+  return s;
+}
+
+uint64_t byte_sum(std::string_view s) {
+  uint64_t t = 0;
+  for (unsigned char c : s) t += c;
+  return t;
+}
+
+Payload summed(std::string bytes) {
+  std::string expect = le64(byte_sum(bytes));
+  return {"sum", std::move(bytes), std::move(expect)};
+}
+
+const Payload& payload(const std::string& which) {
+  static std::map<std::string, Payload> cache;
+  if (auto it = cache.find(which); it != cache.end()) return it->second;
+  Payload p;
+  const std::string int8 = le64(0x0123456789ABCDEFull);  // the 8-byte integer
+  if (which == "small_int") {
+    p = {"echo", int8, int8};
+  } else if (which == "small_string") {
+    std::string s = "Airlock small-string benchmark: one hundred and ten characters of text, echoed back unchanged by the echo skill.";
+    s.resize(110, '.');
+    p = {"echo", s, s};
+  } else if (which == "large_array_8mb") {  // 1 Mi int64 values, summed byte by byte by `sum`
+    std::string s(8 * kMiB, '\0');
+    for (size_t i = 0; i < s.size() / 8; ++i) {
+      int64_t v = static_cast<int64_t>(i * 2654435761u) - (int64_t{1} << 40);
+      std::memcpy(s.data() + 8 * i, &v, 8);
+    }
+    p = summed(std::move(s));
+  } else if (which == "large_bytes_50mb") {  // xorshift64 bytes
+    std::string s(50 * kMiB, '\0');
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < s.size(); i += 8) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      std::memcpy(s.data() + i, &x, 8);
+    }
+    p = summed(std::move(s));
+  } else if (which == "chain_host_ext_host") {  // caller -> host service "host.echo"
+    p = {"caller", "host.echo|" + int8, int8};
+  } else if (which == "chain_host_ext_host_ext") {  // caller -> host -> echo (another extension)
+    p = {"caller", "ext.echo|" + int8, int8};
+  } else if (which == "recursion_depth_8") {  // countdown 8 -> host -> countdown 7 -> ... -> countdown 0
+    p = {"countdown", "8", "8,7,6,5,4,3,2,1,0"};
+  }
+  return cache[which] = std::move(p);
+}
+
+std::string check(const std::string& got, const Payload& p) {
+  if (got == p.expect) return "";
+  if (p.skill == "sum" && got.size() == 8) {
+    uint64_t g = 0, e = 0;
+    for (int i = 7; i >= 0; --i) g = g << 8 | static_cast<unsigned char>(got[i]), e = e << 8 | static_cast<unsigned char>(p.expect[i]);
+    return "wrong answer: sum " + std::to_string(g) + ", expected " + std::to_string(e);
+  }
+  return "wrong answer: " + std::to_string(got.size()) + " bytes, expected " + std::to_string(p.expect.size()) +
+         (got.size() == p.expect.size() ? " (contents differ)" : "");
+}
+
+// ---- tests -----------------------------------------------------------------------------
+
+// One measured iteration: its time, or why it failed. `left` is what remains of the
+// test's time budget and becomes the call's timeout.
+struct Timed {
+  double us = 0;
+  std::string error;
+};
+using Step = std::function<Timed(milliseconds left)>;
+
+struct Prepared {
+  Step step;
+  std::string skip;   // -> status "skipped" with this reason
+  std::string error;  // -> status "failed" with this reason
+};
+
+struct TestDef {
+  std::string name, transport, category, baseline;  // baseline: the row this one is compared with
+  std::function<Prepared()> prepare;
+};
+
+Prepared skipped(std::string why) { return {nullptr, std::move(why), ""}; }
+Prepared failed(std::string why) { return {nullptr, "", std::move(why)}; }
+
+// raw_socketpair: a forked child echoes 8 bytes with blocking read/write. The floor of
+// any IPC round trip between two processes on this machine.
+Prepared prepare_raw_socketpair(const Config& cfg) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return failed(std::string("socketpair: ") + strerror(errno));
+  pid_t pid = fork();
+  if (pid < 0) return failed(std::string("fork: ") + strerror(errno));
+  if (pid == 0) {  // only async-signal-safe calls from here
+    close(sv[0]);
+    char b[8];
+    for (;;) {
+      size_t got = 0;
+      while (got < 8) {
+        ssize_t n = read(sv[1], b + got, 8 - got);
+        if (n <= 0) _exit(0);
+        got += static_cast<size_t>(n);
+      }
+      if (write(sv[1], b, 8) != 8) _exit(1);
+    }
+  }
+  close(sv[1]);
+  timeval tv{static_cast<time_t>(cfg.timeout.count() / 1000), 0};
+  setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  struct Peer {
+    int fd;
+    pid_t pid;
+    ~Peer() {
+      close(fd);  // the child sees EOF and exits
+      waitpid(pid, nullptr, 0);
+    }
+  };
+  auto peer = std::make_shared<Peer>(Peer{sv[0], pid});
+  return {[peer](milliseconds) -> Timed {
+            const char out[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+            char in[8];
+            auto t0 = Clock::now();
+            if (write(peer->fd, out, 8) != 8) return {0, std::string("write: ") + strerror(errno)};
+            for (size_t got = 0; got < 8;) {
+              ssize_t n = read(peer->fd, in + got, 8 - got);
+              if (n <= 0) return {0, n == 0 ? "the child closed the socket" : std::string("read: ") + strerror(errno)};
+              got += static_cast<size_t>(n);
+            }
+            double us = us_since(t0);
+            return {us, std::memcmp(in, out, 8) ? "wrong bytes echoed" : ""};
+          },
+          "", ""};
+}
+
+Prepared prepare_memcpy(size_t bytes) {
+  auto src = std::make_shared<std::vector<char>>(bytes, 'x');
+  auto dst = std::make_shared<std::vector<char>>(bytes, 'y');  // both touched: no page faults measured
+  return {[src, dst](milliseconds) -> Timed {
+            auto t0 = Clock::now();
+            std::memcpy(dst->data(), src->data(), src->size());
+            asm volatile("" : : "r"(dst->data()) : "memory");
+            return {us_since(t0), ""};
+          },
+          "", ""};
+}
+
+const char* const kSkills[] = {"echo", "sum", "caller", "countdown"};
+
+// The in-process baseline: one SkillRuntime on a private loop in this thread, the
+// sample skills loaded with the same limits as in the extensions (FreshState::Reset).
+// Host services for the chain baselines: "host.echo" answers at once (the cheapest host
+// service possible); "ext.SKILL" and "countdown" call that skill in the same runtime on
+// the next loop turn (a skill call cannot run inside another skill's import).
+class Local {
+ public:
+  explicit Local(const Config& cfg) {
+    uv_loop_init(&loop_);
+    rt_ = std::make_unique<runtime::SkillRuntime>(&loop_);
+    runtime::SkillLimits lim{kSkillMemoryMb, static_cast<uint32_t>(cfg.timeout.count()), runtime::FreshState::Reset};
+    for (const char* s : kSkills) {
+      if (auto st = rt_->load_file(s, cfg.skills_dir + "/" + s + ".wasm", lim); !st.ok()) errors_[s] = st.error().to_string();
+    }
+    rt_->set_service_handler([this](const runtime::ServiceCall& c, std::string service, std::string input,
+                                    runtime::ServiceReply reply) {
+      if (service == "host.echo") return reply(std::move(input));
+      std::string skill = service.starts_with("ext.") ? service.substr(4) : service;
+      if (!rt_->has_skill(skill)) return reply(make_error(Code::NotFound, "no host service '" + service + "'"));
+      auto left = std::chrono::duration_cast<milliseconds>(c.deadline - Clock::now()).count();
+      runtime::CallOptions o;
+      o.timeout_ms = static_cast<uint32_t>(std::max<int64_t>(left, 1));
+      o.parent_id = c.call_id;
+      defer([this, skill, input = std::move(input), o, reply = std::move(reply)]() mutable {
+        rt_->call(skill, std::move(input), o, std::move(reply));
+      });
+    });
+  }
+  ~Local() {
+    rt_.reset();
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_loop_close(&loop_);
+  }
+  std::string load_error(const std::string& skill) const {
+    auto it = errors_.find(skill);
+    return it == errors_.end() ? "" : "loading " + skill + ": " + it->second;
+  }
+
+  Result<std::string> call(const std::string& skill, std::string input, milliseconds timeout) {
+    std::optional<Result<std::string>> r;
+    runtime::CallOptions o;
+    o.timeout_ms = static_cast<uint32_t>(std::max<int64_t>(timeout.count(), 1));
+    rt_->call(skill, std::move(input), o, [&](Result<std::string> x) { r = std::move(x); });
+    while (!r) uv_run(&loop_, UV_RUN_ONCE);
+    return std::move(*r);
+  }
+
+ private:
+  void defer(std::function<void()> fn) {
+    struct Task {
+      uv_timer_t t;
+      std::function<void()> fn;
+    };
+    auto* task = new Task{{}, std::move(fn)};
+    uv_timer_init(&loop_, &task->t);
+    task->t.data = task;
+    uv_timer_start(&task->t, [](uv_timer_t* t) {
+      static_cast<Task*>(t->data)->fn();
+      uv_close(reinterpret_cast<uv_handle_t*>(t), [](uv_handle_t* h) { delete static_cast<Task*>(h->data); });
+    }, 0, 0);
+  }
+
+  uv_loop_t loop_;
+  std::unique_ptr<runtime::SkillRuntime> rt_;
+  std::map<std::string, std::string> errors_;
+};
+
+// One host + one extension with the sample skills loaded, per transport; started on
+// first use, and the other transport's host is stopped first (one at a time).
+struct Remote {
+  std::unique_ptr<Host> host;
+  std::optional<Extension> ext;
+  std::string error;
+};
+
+struct Contexts {
+  const Config& cfg;
+  std::unique_ptr<Local> local;
+  std::map<std::string, std::unique_ptr<Remote>> remote;
+
+  Local& get_local() {
+    if (!local) local = std::make_unique<Local>(cfg);
+    return *local;
+  }
+  Remote& get_remote(const std::string& transport) {
+    for (auto it = remote.begin(); it != remote.end();) it = it->first == transport ? std::next(it) : remote.erase(it);
+    auto& r = remote[transport];
+    if (r) return *r;
+    r = std::make_unique<Remote>();
+    HostOptions ho;
+    ho.transport = transport == "grpc" ? Transport::Grpc : Transport::Msgpack;
+    ho.extension_binary = cfg.extension_binary;
+    ho.log_level = "warn";
+    ho.use_zygote = cfg.zygote;
+    ho.default_limits = {kSkillMemoryMb, static_cast<uint32_t>(cfg.timeout.count())};
+    ho.default_call_timeout = cfg.timeout;
+    r->host = std::make_unique<Host>(ho);
+    ExtensionOptions eo;
+    eo.name = "bench-" + transport;
+    auto ext = r->host->spawn(eo);
+    if (!ext.ok()) {
+      r->error = "spawn: " + ext.error().to_string();
+      return *r;
+    }
+    for (const char* s : {"echo", "sum"}) {
+      if (auto st = ext->load_skill(s, cfg.skills_dir + "/" + s + ".wasm"); !st.ok()) {
+        r->error = "loading " + std::string(s) + ": " + st.error().to_string();
+        return *r;
+      }
+    }
+    r->ext = *ext;
+    return *r;
+  }
+};
+
+Prepared prepare_local(Contexts& cx, const std::string& test) {
+  Local& l = cx.get_local();
+  const Payload& p = payload(test);
+  if (auto e = l.load_error(p.skill); !e.empty()) return failed(e);
+  return {[&l, &p](milliseconds left) -> Timed {
+            std::string in = p.input;  // the copy is not timed: a caller could move its bytes in
+            auto t0 = Clock::now();
+            auto r = l.call(p.skill, std::move(in), left);
+            double us = us_since(t0);
+            return {us, r.ok() ? check(*r, p) : r.error().to_string()};
+          },
+          "", ""};
+}
+
+Prepared prepare_inline(Contexts& cx, const std::string& transport, const std::string& test) {
+  Remote& r = cx.get_remote(transport);
+  if (!r.error.empty()) return failed(r.error);
+  const Payload& p = payload(test);
+  Extension ext = *r.ext;
+  return {[ext, &p](milliseconds left) mutable -> Timed {
+            auto t0 = Clock::now();
+            auto res = ext.call(p.skill, p.input, {.timeout = left});
+            double us = us_since(t0);
+            return {us, res.ok() ? check(*res, p) : res.error().to_string()};
+          },
+          "", ""};
+}
+
+// The APIs these need are being built (issue 4: shared buffers; issue 5: host services
+// and call chains). The payloads above (payload("chain_...")) are what they will send,
+// as in Local: `caller` with host services "host.echo" and "ext.echo" (echo in a second
+// extension), and `countdown` recursing through the host service "countdown".
+Prepared prepare_shm(Contexts&, const std::string&, const std::string&) {
+  return skipped("shared-memory call API not available yet (issue 4)");
+}
+Prepared prepare_chain(Contexts&, const std::string&, const std::string&) {
+  return skipped("host services not available yet (issue 5)");
+}
+
+std::vector<TestDef> make_tests(Contexts& cx, const std::vector<std::string>& transports) {
+  const Config& cfg = cx.cfg;
+  std::vector<TestDef> t;
+  t.push_back({"raw_socketpair", "raw", "baseline", "", [&cfg] { return prepare_raw_socketpair(cfg); }});
+  t.push_back({"memcpy_8mb", "raw", "baseline", "", [] { return prepare_memcpy(8 * kMiB); }});
+  t.push_back({"memcpy_50mb", "raw", "baseline", "", [] { return prepare_memcpy(50 * kMiB); }});
+  const std::vector<std::pair<std::string, std::string>> kinds = {
+      {"small_int", "small"},           {"small_string", "small"},
+      {"large_array_8mb", "large"},     {"large_bytes_50mb", "large"},
+      {"chain_host_ext_host", "chain"}, {"chain_host_ext_host_ext", "chain"},
+      {"recursion_depth_8", "chain"}};
+  for (const auto& [k, cat] : kinds) t.push_back({"local_" + k, "local", cat, "", [&cx, k] { return prepare_local(cx, k); }});
+  for (const auto& tr : transports) {
+    for (const auto& [k, cat] : kinds) {
+      std::string base = "local_" + k;
+      if (cat == "small") {
+        t.push_back({k, tr, cat, base, [&cx, tr, k] { return prepare_inline(cx, tr, k); }});
+      } else if (cat == "large") {
+        t.push_back({k + "_inline", tr, cat, base, [&cx, tr, k] { return prepare_inline(cx, tr, k); }});
+        t.push_back({k + "_shm", tr, cat, base, [&cx, tr, k] { return prepare_shm(cx, tr, k); }});
+      } else {
+        t.push_back({k, tr, cat, base, [&cx, tr, k] { return prepare_chain(cx, tr, k); }});
+      }
+    }
+  }
+  return t;
+}
+
+// ---- running and reporting ---------------------------------------------------------------
+
+struct Row {
+  TestDef def;
+  std::string status = "ok", error;
+  Summary s;
+  double ratio = kNaN;                      // median / baseline's median
+  std::string note_name;                    // extra comparison: raw_socketpair or small_int
+  double note_ratio = kNaN;
+};
+
+Row run_test(const TestDef& t, const Config& cfg) {
+  Row row;
+  row.def = t;
+  Prepared p = t.prepare();
+  if (!p.skip.empty() || !p.error.empty()) {
+    row.status = p.skip.empty() ? "failed" : "skipped";
+    row.error = p.skip.empty() ? p.error : p.skip;
+    return row;
+  }
+  std::vector<double> us;
+  us.reserve(static_cast<size_t>(cfg.iterations));
+  const int total = cfg.warmup + cfg.iterations;
+  const auto start = Clock::now();
+  for (int i = 0; i < total; ++i) {
+    auto left = cfg.timeout - std::chrono::duration_cast<milliseconds>(Clock::now() - start);
+    Timed r = left.count() > 0 ? p.step(left) : Timed{0, "no time left"};
+    bool out_of_time = Clock::now() - start > cfg.timeout;
+    if (r.error.empty() && !out_of_time) {
+      if (i >= cfg.warmup) us.push_back(r.us);
+      continue;
+    }
+    row.status = "failed";
+    if (out_of_time) {
+      row.error = strf("exceeded the per-test timeout of %.0f s after %d of %d iterations (warm-up included)",
+                       static_cast<double>(cfg.timeout.count()) / 1000, i + (r.error.empty() ? 1 : 0), total);
+      if (!r.error.empty()) row.error += "; last call: " + r.error;
+    } else {
+      row.error = strf("iteration %d of %d: ", i + 1, total) + r.error;
+    }
+    row.s.n = us.size();
+    return row;
+  }
+  row.s = summarize(std::move(us));
+  return row;
+}
+
+std::string fmt_us(double v) { return std::isnan(v) ? "-" : v < 100 ? strf("%.2f", v) : v < 10000 ? strf("%.1f", v) : strf("%.0f", v); }
+std::string fmt_ratio(double r) { return std::isnan(r) ? "-" : strf("%.2f×", r); }
+
+void add_ratios(std::vector<Row>& rows) {
+  auto find = [&](const std::string& name, const std::string& transport) -> const Row* {
+    for (const auto& r : rows)
+      if (r.def.name == name && (transport.empty() || r.def.transport == transport) && r.status == "ok") return &r;
+    return nullptr;
+  };
+  for (auto& r : rows) {
+    if (r.status != "ok") continue;
+    if (const Row* b = r.def.baseline.empty() ? nullptr : find(r.def.baseline, "")) r.ratio = r.s.median / b->s.median;
+    std::string other = r.def.name == "small_int" && r.def.transport != "local"  ? "raw_socketpair"
+                        : r.def.category == "chain" && r.def.transport != "local" ? "small_int"
+                                                                                   : "";
+    if (other.empty()) continue;
+    r.note_name = other;
+    if (const Row* o = find(other, other == "raw_socketpair" ? "raw" : r.def.transport)) r.note_ratio = r.s.median / o->s.median;
+  }
+}
+
+nlohmann::json num(double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); }
+
+nlohmann::json to_json(const Row& r) {
+  bool ok = r.status == "ok";
+  nlohmann::json j = {{"name", r.def.name},
+                      {"transport", r.def.transport},
+                      {"category", r.def.category},
+                      {"status", r.status},
+                      {"iterations", r.s.n},
+                      {"mean_us", ok ? num(r.s.mean) : nullptr},
+                      {"std_us", ok ? num(r.s.std) : nullptr},
+                      {"median_us", ok ? num(r.s.median) : nullptr},
+                      {"p99_us", ok ? num(r.s.p99) : nullptr},
+                      {"min_us", ok ? num(r.s.min) : nullptr},
+                      {"max_us", ok ? num(r.s.max) : nullptr},
+                      {"baseline", r.def.baseline.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.def.baseline)},
+                      {"ratio_to_baseline", num(r.ratio)},
+                      {"error", r.error.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.error)}};
+  if (!r.note_name.empty()) j["ratio_to_" + r.note_name] = num(r.note_ratio);
+  return j;
+}
+
+void print_report(const std::vector<Row>& rows, const Config& cfg, const std::string& mode, const Machine& m) {
+  std::string bar(100, '=');
+  std::printf("%s\nAIRLOCK RPC BENCHMARK RESULTS  (%s: %d warm-up + %d measured iterations per test, times in µs)\n%s\n",
+              bar.c_str(), mode.c_str(), cfg.warmup, cfg.iterations, bar.c_str());
+  std::printf("Machine: %s, %u cores, %.1f GB RAM, %s, commit %s, %s build%s\n\n", m.cpu.c_str(), m.cores, m.memory_gb,
+              m.kernel.c_str(), m.commit.c_str(), m.build_type.c_str(), cfg.zygote ? "" : ", no zygote");
+  Table ok{{"Test", "Transport", "Mean", "Std Dev", "Median", "p99", "Min", "Max", "Median vs baseline", "Notes"},
+           {},
+           {false, false, true, true, true, true, true, true, false, false}};
+  Table bad{{"Test", "Transport", "Error"}, {}, {}};
+  Table skip{{"Test", "Transport", "Reason"}, {}, {}};
+  size_t n_ok = 0, n_failed = 0, n_skipped = 0;
+  double fastest = kNaN;
+  std::string fastest_name;
+  for (const auto& r : rows) {
+    if (r.status == "ok") {
+      ++n_ok;
+      std::string vs = std::isnan(r.ratio) ? (r.def.baseline.empty() ? "" : "- (" + r.def.baseline + " missing)")
+                                           : fmt_ratio(r.ratio) + " " + r.def.baseline;
+      std::string note = r.note_name.empty() ? "" : fmt_ratio(r.note_ratio) + " " + r.note_name;
+      ok.rows.push_back({r.def.name, r.def.transport, fmt_us(r.s.mean), fmt_us(r.s.std), fmt_us(r.s.median),
+                         fmt_us(r.s.p99), fmt_us(r.s.min), fmt_us(r.s.max), vs, note});
+      if (r.def.transport != "raw" && r.def.transport != "local" && !(r.s.median >= fastest)) {
+        fastest = r.s.median, fastest_name = r.def.transport + "/" + r.def.name;
+      }
+    } else if (r.status == "failed") {
+      ++n_failed;
+      bad.rows.push_back({r.def.name, r.def.transport, r.error});
+    } else {
+      ++n_skipped;
+      skip.rows.push_back({r.def.name, r.def.transport, r.error});
+    }
+  }
+  std::printf("Successful Benchmarks:\n");
+  ok.print();
+  if (!std::isnan(fastest)) std::printf("\nFastest cross-process call: %s, median %s µs\n", fastest_name.c_str(), fmt_us(fastest).c_str());
+  if (n_failed) std::printf("\nFailed Tests:\n"), bad.print();
+  if (n_skipped) std::printf("\nSkipped Tests:\n"), skip.print();
+
+  // The product's targets (issue 6), from this run.
+  auto get = [&](const std::string& name, const std::string& tr) -> const Row* {
+    for (const auto& r : rows)
+      if (r.def.name == name && r.def.transport == tr) return &r;
+    return nullptr;
+  };
+  std::printf("\nTargets (this run):\n");
+  auto target = [&](const std::string& what, const Row* r, double ratio, double limit) {
+    std::string v = !r                 ? "not run"
+                    : r->status != "ok" ? r->status + ": " + r->error
+                    : std::isnan(ratio) ? "no comparison (a baseline did not run)"
+                                        : strf("%.2f× (target ≤ %g×) %s", ratio, limit, ratio <= limit ? "met" : "NOT MET");
+    std::printf("  %-58s %s\n", what.c_str(), v.c_str());
+  };
+  for (const auto& tr : {std::string("msgpack"), std::string("grpc")}) {
+    if (const Row* r = get("small_int", tr)) target(tr + " small_int median vs raw_socketpair", r, r->note_ratio, tr == "grpc" ? 10 : 2.5);
+  }
+  for (const auto& tr : {std::string("msgpack"), std::string("grpc")}) {
+    if (const Row* r = get("large_bytes_50mb_shm", tr)) {
+      target(tr + " large_bytes_50mb_shm median vs local", r, r->ratio, 1.3);
+      if (const Row* i = get("large_bytes_50mb_inline", tr); i && i->status == "ok")
+        std::printf("  %-58s %s\n", ("  (beside it: " + tr + " large_bytes_50mb_inline)").c_str(),
+                    strf("%.2f× local, median %s µs", i->ratio, fmt_us(i->s.median).c_str()).c_str());
+    }
+  }
+  for (const auto& tr : {std::string("msgpack"), std::string("grpc")}) {
+    if (const Row* r = get("chain_host_ext_host_ext", tr)) target(tr + " chain_host_ext_host_ext median vs small_int", r, r->note_ratio, 3);
+  }
+  std::printf("\nSummary: %zu successful, %zu failed, %zu skipped (Total: %zu)\n", n_ok, n_failed, n_skipped, rows.size());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"rpc_bench: the cost of a skill call across the process boundary (msgpack, gRPC), beside the same\n"
+               "call in-process (local_*) and the floors (raw_socketpair, memcpy_*). Table on stdout, progress on stderr."};
+  Config cfg;
+  bool quick = false;
+  int iterations = 0;
+  std::string transport = "both", filter, json_path;
+  double timeout_s = 30;
+  app.add_flag("--quick", quick, "2 warm-up + 100 measured iterations per test (default: 5 + 1000)");
+  app.add_option("--iterations", iterations, "Measured iterations per test (overrides the mode's count)")->check(CLI::PositiveNumber);
+  app.add_option("--transport", transport, "Transports to measure")->capture_default_str()->check(CLI::IsMember({"msgpack", "grpc", "both"}));
+  app.add_option("--filter", filter, "Only tests whose name or transport/name matches this regex (their baselines run too)");
+  app.add_option("--json", json_path, "Also write the results as JSON to this file");
+  app.add_option("--timeout", timeout_s, "Per-test time budget in seconds (warm-up included); a test past it fails")->capture_default_str()->check(CLI::PositiveNumber);
+  bool no_zygote = false;
+  app.add_flag("--no-zygote", no_zygote, "Start extensions with exec instead of forking them from a zygote");
+  app.add_option("--skills-dir", cfg.skills_dir, "Folder with the sample skills (.wasm)")->capture_default_str();
+  app.add_option("--extension", cfg.extension_binary, "airlock-extension binary (default: the host library's choice)");
+  CLI11_PARSE(app, argc, argv);
+  cfg.zygote = !no_zygote;
+  if (quick) cfg.warmup = 2, cfg.iterations = 100;
+  if (iterations > 0) cfg.iterations = iterations;
+  cfg.timeout = milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  const std::string mode = quick ? "quick" : "full";
+
+  // The host's and extensions' log lines go to stderr: stdout is the report.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("airlock"));
+  spdlog::set_level(spdlog::level::warn);
+
+  std::vector<std::string> transports;
+  if (transport != "grpc") transports.push_back("msgpack");
+  if (transport != "msgpack") transports.push_back("grpc");
+
+  Contexts cx{cfg, nullptr, {}};
+  std::vector<TestDef> all = make_tests(cx, transports);
+  // Selection: the filter, plus every baseline a selected test is compared with.
+  std::vector<bool> selected(all.size(), filter.empty());
+  if (!filter.empty()) {
+    std::regex re;
+    try {
+      re = std::regex(filter);
+    } catch (const std::regex_error& e) {
+      std::fprintf(stderr, "error: --filter '%s' is not a valid regex: %s\n", filter.c_str(), e.what());
+      return 2;
+    }
+    for (size_t i = 0; i < all.size(); ++i) {
+      if (!std::regex_search(all[i].name, re) && !std::regex_search(all[i].transport + "/" + all[i].name, re)) continue;
+      selected[i] = true;
+      for (size_t j = 0; j < all.size(); ++j) {
+        bool cmp = all[j].name == all[i].baseline || (all[i].name == "small_int" && all[j].name == "raw_socketpair") ||
+                   (all[i].category == "chain" && all[i].transport != "local" && all[j].name == "small_int" &&
+                    all[j].transport == all[i].transport);
+        if (cmp) selected[j] = true;
+      }
+    }
+  }
+  size_t n_sel = static_cast<size_t>(std::count(selected.begin(), selected.end(), true));
+  if (n_sel == 0) {
+    std::fprintf(stderr, "error: no test matches --filter '%s'\n", filter.c_str());
+    return 2;
+  }
+
+  std::vector<Row> rows;
+  auto run_start = Clock::now();
+  for (size_t i = 0, k = 0; i < all.size(); ++i) {
+    if (!selected[i]) continue;
+    std::fprintf(stderr, "[%2zu/%zu] %-8s %-26s ", ++k, n_sel, all[i].transport.c_str(), all[i].name.c_str());
+    auto t0 = Clock::now();
+    rows.push_back(run_test(all[i], cfg));
+    const Row& r = rows.back();
+    if (r.status == "ok") {
+      std::fprintf(stderr, "median %10s µs  (%.1f s)\n", fmt_us(r.s.median).c_str(), us_since(t0) / 1e6);
+    } else {
+      std::fprintf(stderr, "%s: %s\n", r.status.c_str(), r.error.c_str());
+    }
+  }
+  cx.remote.clear();
+  cx.local.reset();
+  std::fprintf(stderr, "done in %.1f s\n\n", us_since(run_start) / 1e6);
+  add_ratios(rows);
+
+  Machine m = machine();
+  print_report(rows, cfg, mode, m);
+  if (!json_path.empty()) {
+    nlohmann::json res = nlohmann::json::array();
+    for (const auto& r : rows) res.push_back(to_json(r));
+    nlohmann::json doc = {
+        {"machine", to_json(m)},
+        {"config",
+         {{"mode", mode},
+          {"warmup", cfg.warmup},
+          {"iterations", cfg.iterations},
+          {"transports", transports},
+          {"filter", filter},
+          {"timeout_s", static_cast<double>(cfg.timeout.count()) / 1000},
+          {"use_zygote", cfg.zygote},
+          {"skill_max_memory_mb", kSkillMemoryMb},
+          {"fresh_state", "reset"},
+          {"skills_dir", cfg.skills_dir}}},
+        {"results", res}};
+    std::ofstream f(json_path);
+    f << doc.dump(2) << "\n";
+    if (!f) {
+      std::fprintf(stderr, "error: cannot write %s\n", json_path.c_str());
+      return 1;
+    }
+  }
+  for (const auto& r : rows)
+    if (r.status == "failed") return 1;
+  return 0;
+}

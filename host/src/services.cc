@@ -1,0 +1,256 @@
+// Host services and call chains. A skill's airlock_call() arrives as a Request from
+// its extension (parent_id = the host request the skill is serving). The handler may
+// call skills in turn (ServiceRequest::call): each nested call inherits the chain's
+// deadline, counts toward max_chain_depth, and is cancelled when the request it was
+// made under ends. "@EXT/SKILL" is the built-in service for extension -> extension
+// calls, allowed by the caller's ExtensionOptions::may_call.
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <future>
+
+#include "host_impl.h"
+
+namespace airlock {
+namespace detail {
+
+namespace {
+bool may_call(const ExtensionOptions& o, const std::string& ext, const std::string& skill) {
+  return std::any_of(o.may_call.begin(), o.may_call.end(),
+                     [&](const std::string& p) { return p == "*" || p == ext || p == ext + "/" + skill; });
+}
+}  // namespace
+
+WorkerPool::WorkerPool(unsigned threads) {
+  for (unsigned i = 0; i < std::max(1u, threads); ++i) {
+    threads_.emplace_back([this] {
+      for (;;) {
+        std::function<void()> job;
+        {
+          std::unique_lock lk(mu_);
+          cv_.wait(lk, [this] { return stop_ || !jobs_.empty(); });
+          if (jobs_.empty()) return;
+          job = std::move(jobs_.front());
+          jobs_.pop_front();
+        }
+        job();
+      }
+    });
+  }
+}
+
+WorkerPool::~WorkerPool() {
+  {
+    std::lock_guard lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : threads_) t.join();
+}
+
+void WorkerPool::submit(std::function<void()> job) {
+  {
+    std::lock_guard lk(mu_);
+    jobs_.push_back(std::move(job));
+  }
+  cv_.notify_one();
+}
+
+void HostImpl::register_service(const std::string& name, ServiceHandler h, BlockingServiceHandler b) {
+  std::lock_guard lk(svc_mu_);
+  if (b && !workers_) workers_ = std::make_unique<WorkerPool>(opts.service_threads);
+  service_handlers_[name] = {std::move(h), std::move(b)};
+}
+
+void HostImpl::on_service_request(const std::shared_ptr<ExtensionState>& e, proto::Request&& r) {
+  auto s = std::make_shared<ServiceCallState>();
+  s->host = this;
+  s->ext = e;
+  s->id = r.id;
+  s->parent = r.parent_id;
+  s->service = std::move(r.target);
+  s->input = std::move(r.payload);
+  auto parent = e->pending.find(r.parent_id);
+  if (parent == e->pending.end()) {
+    // The call this request belongs to has ended (cancelled, timed out): nobody waits.
+    s->replied = true;
+    proto::Response resp;
+    resp.id = r.id;
+    resp.code = Code::Cancelled;
+    resp.error = "the call that made this request has ended";
+    (void)e->channel->send(resp);
+    return;
+  }
+  const ChainInfo& pi = parent->second.info;
+  s->info.depth = pi.depth;
+  s->info.chain = pi.chain + " -> " + s->service;
+  s->info.deadline = pi.deadline;
+  if (r.timeout_us) {
+    s->info.deadline = std::min(s->info.deadline, std::chrono::steady_clock::now() + std::chrono::microseconds(r.timeout_us));
+  }
+  e->services[r.parent_id].push_back(s);
+
+  if (!s->service.empty() && s->service[0] == '@') {  // built-in: call a skill in another extension
+    auto slash = s->service.find('/');
+    std::string ext = s->service.substr(1, slash == std::string::npos ? std::string::npos : slash - 1);
+    std::string skill = slash == std::string::npos ? "run" : s->service.substr(slash + 1);
+    if (!may_call(e->opts, ext, skill)) {
+      return reply_service(s, make_error(Code::PermissionDenied, "extension '" + e->opts.name + "' may not call '" +
+                                                                     ext + "/" + skill + "' (ExtensionOptions::may_call)"));
+    }
+    return nested_call(s, ext, skill, s->input, [s, this](CallResult res) { reply_service(s, std::move(res)); });
+  }
+
+  std::pair<ServiceHandler, BlockingServiceHandler> h;
+  {
+    std::lock_guard lk(svc_mu_);
+    auto it = service_handlers_.find(s->service);
+    if (it != service_handlers_.end()) h = it->second;
+  }
+  if (!h.first && !h.second) {
+    return reply_service(s, make_error(Code::NotFound, "no host service '" + s->service + "' (called by " + s->info.chain + ")"));
+  }
+  ServiceRequest req(s);
+  if (h.first) {
+    try {
+      h.first(req);
+    } catch (const std::exception& ex) {
+      reply_service(s, make_error(Code::Internal, "service '" + s->service + "' threw: " + ex.what()));
+    }
+    return;
+  }
+  workers_->submit([req, fn = std::move(h.second)] {
+    CallResult res = make_error(Code::Internal, "service handler threw");
+    try {
+      res = fn(req);
+    } catch (const std::exception& ex) {
+      res = make_error(Code::Internal, "service '" + req.service() + "' threw: " + ex.what());
+    }
+    req.reply(std::move(res));
+  });
+}
+
+void HostImpl::reply_service(const std::shared_ptr<ServiceCallState>& s, CallResult r) {
+  if (s->replied.exchange(true)) return;
+  auto& list = s->ext->services[s->parent];
+  list.erase(std::remove(list.begin(), list.end(), s), list.end());
+  if (list.empty()) s->ext->services.erase(s->parent);
+  if (s->cancelled || !s->ext->channel) return;
+  proto::Response resp;
+  resp.id = s->id;
+  if (r.ok()) {
+    resp.payload = std::move(r.value());
+  } else {
+    resp.code = r.error().code;
+    resp.trap = r.error().trap;
+    resp.error = r.error().message;
+  }
+  if (auto st = s->ext->channel->send(resp); !st.ok()) {
+    proto::Response small;
+    small.id = s->id;
+    small.code = st.error().code;
+    small.error = "service reply could not be sent: " + st.error().message;
+    (void)s->ext->channel->send(small);
+  }
+}
+
+void HostImpl::nested_call(const std::shared_ptr<ServiceCallState>& s, std::string ext, std::string skill,
+                           std::string input, Done done) {
+  if (s->cancelled) return done(make_error(Code::Cancelled, "the chain " + s->info.chain + " was cancelled"));
+  ChainInfo info{s->info.depth + 1, s->info.chain + " -> " + ext + "/" + skill, s->info.deadline};
+  if (info.depth > opts.max_chain_depth) {
+    return done(make_error(Code::ResourceExhausted, "call chain too deep (" + std::to_string(info.depth) + " > limit " +
+                                                        std::to_string(opts.max_chain_depth) + "): " + info.chain));
+  }
+  auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(info.deadline - std::chrono::steady_clock::now());
+  if (remaining.count() <= 0) {
+    return done(make_error(Code::Timeout, "the chain's deadline passed before calling " + ext + "/" + skill + " (" + info.chain + ")"));
+  }
+  std::shared_ptr<ExtensionState> target;
+  {
+    std::lock_guard lk(ext_mu_);
+    auto it = extensions_.find(ext);
+    if (it != extensions_.end()) target = it->second;
+  }
+  if (!target) return done(make_error(Code::NotFound, "no extension '" + ext + "' (" + info.chain + ")"));
+  uint64_t id = next_id();
+  proto::Request req;
+  req.id = id;
+  req.parent_id = s->parent;
+  req.timeout_us = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(remaining).count());
+  req.target = skill;
+  req.method = "run";
+  req.payload = std::move(input);
+  s->children.emplace_back(target, id);
+  // Errors say where in the chain they happened.
+  auto where = "in " + ext + "/" + skill + ": ";
+  send_call(target, id, std::move(req), remaining, [done = std::move(done), where](CallResult r) {
+    if (!r.ok()) {
+      Error e = r.take_error();
+      e.message = where + e.message;
+      return done(std::move(e));
+    }
+    done(std::move(r));
+  }, std::move(info));
+}
+
+void HostImpl::end_services(ExtensionState& e, uint64_t parent) {
+  auto it = e.services.find(parent);
+  if (it == e.services.end()) return;
+  auto open = std::move(it->second);
+  e.services.erase(it);
+  for (auto& s : open) {
+    s->cancelled = true;
+    for (auto& [w, id] : s->children) {
+      if (auto t = w.lock()) cancel_call(t, id);  // recursive: ends that call's own services
+    }
+    // The skill that asked is gone, but its extension still holds the request open.
+    if (!s->replied.exchange(true) && e.channel) {
+      proto::Response resp;
+      resp.id = s->id;
+      resp.code = Code::Cancelled;
+      resp.error = "the chain " + s->info.chain + " ended";
+      (void)e.channel->send(resp);
+    }
+  }
+}
+
+}  // namespace detail
+
+// ---- ServiceRequest ---------------------------------------------------------------------
+
+const std::string& ServiceRequest::service() const { return s_->service; }
+const std::string& ServiceRequest::extension() const { return s_->ext->opts.name; }
+const std::string& ServiceRequest::input() const { return s_->input; }
+std::chrono::steady_clock::time_point ServiceRequest::deadline() const { return s_->info.deadline; }
+uint32_t ServiceRequest::depth() const { return s_->info.depth; }
+std::string ServiceRequest::chain() const { return s_->info.chain; }
+bool ServiceRequest::cancelled() const { return s_->cancelled; }
+
+void ServiceRequest::reply(CallResult result) const {
+  auto s = s_;
+  if (s->replied) return;
+  if (s->host->on_loop_thread()) return s->host->reply_service(s, std::move(result));
+  s->host->post([s, r = std::move(result)]() mutable { s->host->reply_service(s, std::move(r)); });
+}
+
+void ServiceRequest::call(std::string_view extension, std::string_view skill, std::string_view input,
+                          std::function<void(CallResult)> done) const {
+  auto s = s_;
+  auto go = [s, ext = std::string(extension), sk = std::string(skill), in = std::string(input), done = std::move(done)]() mutable {
+    s->host->nested_call(s, std::move(ext), std::move(sk), std::move(in), std::move(done));
+  };
+  if (s->host->on_loop_thread()) return go();
+  s->host->post(std::move(go));
+}
+
+CallResult ServiceRequest::call(std::string_view extension, std::string_view skill, std::string_view input) const {
+  if (s_->host->on_loop_thread()) {
+    return make_error(Code::InvalidArgument, "blocking ServiceRequest::call on the I/O thread: use the callback form");
+  }
+  auto p = std::make_shared<std::promise<CallResult>>();
+  call(extension, skill, input, [p](CallResult r) { p->set_value(std::move(r)); });
+  return p->get_future().get();
+}
+
+}  // namespace airlock

@@ -1,0 +1,142 @@
+#include "airlock/shm/registry.h"
+
+#include <atomic>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace airlock::shm {
+
+namespace {
+std::string id_text(uint64_t id) { return "shm buffer " + std::to_string(id); }
+}  // namespace
+
+Status Registry::add(uint64_t id, UniqueFd fd, uint64_t size) {
+  if (id == 0) return make_error(Code::InvalidArgument, "shm buffer id 0 is reserved");
+  {
+    std::lock_guard lock(mu_);
+    if (entries_.count(id))
+      return make_error(Code::InvalidArgument, id_text(id) + " announced twice");
+    if (entries_.size() >= opts_.max_buffers)
+      return make_error(Code::ResourceExhausted,
+                        "peer holds " + std::to_string(entries_.size()) + " shm buffers already");
+  }
+  // Map outside the lock: verifying and mapping is a few syscalls.
+  auto m = map_readonly(std::move(fd), size, opts_.policy);
+  if (!m) return make_error(m.error().code, id_text(id) + ": " + m.error().message);
+  std::lock_guard lock(mu_);
+  if (entries_.count(id))  // raced with another add of the same id
+    return make_error(Code::InvalidArgument, id_text(id) + " announced twice");
+  entries_.emplace(id, std::make_shared<const ReadOnlyMapping>(std::move(*m)));
+  bytes_ += size;
+  return ok_status();
+}
+
+Status Registry::pump(FdChannel& channel) {
+  for (;;) {
+    auto r = channel.try_recv_message();
+    if (!r) return r.take_error();
+    if (!r->has_value()) return ok_status();
+    SideMessage& m = **r;
+    Status s = m.kind == SideMessage::Kind::kAnnounce ? add(m.id, std::move(m.fd), m.size)
+                                                      : release(m.id);
+    if (!s) return s;
+  }
+}
+
+Result<View> Registry::resolve(const proto::ShmRef& ref) const {
+  std::shared_ptr<const ReadOnlyMapping> m;
+  {
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(ref.buffer_id);
+    if (it == entries_.end())
+      return make_error(Code::InvalidArgument, id_text(ref.buffer_id) + " unknown (never passed)");
+    m = it->second;
+  }
+  // Written so nothing can overflow: offset <= size, then length <= size - offset.
+  const uint64_t size = m->size();
+  if (ref.offset > size || ref.length > size - ref.offset) {
+    return make_error(Code::InvalidArgument,
+                      id_text(ref.buffer_id) + ": slice [offset " + std::to_string(ref.offset) +
+                          ", length " + std::to_string(ref.length) + "] outside its " +
+                          std::to_string(size) + " bytes");
+  }
+  View v;
+  v.bytes = m->bytes().subspan(ref.offset, ref.length);
+  v.offset = ref.offset;
+  v.mapping = std::move(m);
+  return v;
+}
+
+Status Registry::release(uint64_t id) {
+  std::shared_ptr<const ReadOnlyMapping> last;  // unmapped after the lock is dropped
+  std::lock_guard lock(mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return make_error(Code::NotFound, id_text(id) + " not held");
+  bytes_ -= it->second->size();
+  last = std::move(it->second);
+  entries_.erase(it);
+  return ok_status();
+}
+
+void Registry::clear() {
+  std::unordered_map<uint64_t, std::shared_ptr<const ReadOnlyMapping>> gone;
+  std::lock_guard lock(mu_);
+  gone.swap(entries_);
+  bytes_ = 0;
+}
+
+size_t Registry::open_count() const {
+  std::lock_guard lock(mu_);
+  return entries_.size();
+}
+
+uint64_t Registry::mapped_bytes() const {
+  std::lock_guard lock(mu_);
+  return bytes_;
+}
+
+namespace {
+std::atomic<uint64_t> g_next_exporter{1};
+}  // namespace
+
+Exporter::Exporter(FdChannel& channel) : channel_(&channel), token_(g_next_exporter++) {}
+
+Result<proto::ShmRef> Exporter::share(Buffer& b, uint64_t offset, uint64_t length) {
+  if (offset > b.size() || length > b.size() - offset)
+    return make_error(Code::InvalidArgument, "shm share: slice outside the buffer");
+  if (b.peer() != 0 && b.peer() != token_)
+    return make_error(Code::PermissionDenied,
+                      id_text(b.id()) + " was shared with another peer; use one Pool per peer");
+  if (auto s = b.seal(); !s) return s.take_error();
+  std::lock_guard lock(mu_);
+  if (!sent_.count(b.id())) {
+    if (auto s = channel_->announce(b.id(), b.fd(), b.size()); !s) return s.take_error();
+    sent_.insert(b.id());
+    b.set_peer(token_);
+  }
+  return proto::ShmRef{b.id(), offset, length};
+}
+
+Status Exporter::drop(uint64_t id) {
+  std::lock_guard lock(mu_);
+  if (sent_.erase(id) == 0) return ok_status();
+  return channel_->drop(id);
+}
+
+void Exporter::forget_all() {
+  std::lock_guard lock(mu_);
+  sent_.clear();
+}
+
+bool Exporter::shared(uint64_t id) const {
+  std::lock_guard lock(mu_);
+  return sent_.count(id) != 0;
+}
+
+size_t Exporter::shared_count() const {
+  std::lock_guard lock(mu_);
+  return sent_.size();
+}
+
+}  // namespace airlock::shm

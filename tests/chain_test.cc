@@ -1,0 +1,204 @@
+// Call chains through host services, on both transports: host -> A -> host service ->
+// B -> back, recursion, depth limit, deadlines, cancellation, permissions, crashes.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <thread>
+
+#include "airlock/host.h"
+
+using namespace airlock;
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string skill(const std::string& n) { return std::string(AIRLOCK_SKILL_DIR) + "/" + n + ".wasm"; }
+
+class ChainTest : public ::testing::TestWithParam<Transport> {
+ protected:
+  void SetUp() override {
+    HostOptions o;
+    o.transport = GetParam();
+    o.extension_binary = AIRLOCK_EXTENSION_BIN;
+    o.log_level = "warn";
+    host_ = std::make_unique<Host>(o);
+    a_ = spawn("A", {});
+    b_ = spawn("B", {});
+    for (auto* e : {&*a_, &*b_}) {
+      for (auto n : {"caller", "countdown", "echo", "sleeper"}) ASSERT_TRUE(e->load_skill(n, skill(n)).ok());
+    }
+  }
+  std::optional<Extension> spawn(const std::string& name, std::vector<std::string> may_call) {
+    ExtensionOptions eo;
+    eo.name = name;
+    eo.may_call = std::move(may_call);
+    auto r = host_->spawn(eo);
+    EXPECT_TRUE(r.ok()) << r.error().to_string();
+    return r.ok() ? std::optional<Extension>(r.value()) : std::nullopt;
+  }
+  std::unique_ptr<Host> host_;
+  std::optional<Extension> a_, b_;
+};
+
+TEST_P(ChainTest, HostToAToHostServiceToBAndBack) {
+  host_->register_service("relay", [](ServiceRequest req) {
+    EXPECT_EQ(req.extension(), "A");
+    EXPECT_EQ(req.depth(), 1u);
+    req.call("B", "echo", "via B: " + req.input(), [req](CallResult r) { req.reply(std::move(r)); });
+  });
+  auto r = a_->call("caller", "relay|hello");
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(*r, "via B: hello");
+}
+
+TEST_P(ChainTest, RecursionThroughTheHostTenDeep) {
+  host_->register_service("countdown", [](ServiceRequest req) {
+    req.call(req.extension(), "countdown", req.input(), [req](CallResult r) { req.reply(std::move(r)); });
+  });
+  auto r = a_->call("countdown", "10");
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(*r, "10,9,8,7,6,5,4,3,2,1,0");
+}
+
+TEST_P(ChainTest, DepthLimitFailsWithTheChainNamed) {
+  host_->register_service("countdown", [](ServiceRequest req) {
+    req.call(req.extension(), "countdown", req.input(), [req](CallResult r) { req.reply(std::move(r)); });
+  });
+  auto t0 = Clock::now();
+  auto r = a_->call("countdown", "40");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Code::ResourceExhausted) << r.error().to_string();
+  EXPECT_THAT(r.error().message, HasSubstr("call chain too deep (17 > limit 16)"));
+  EXPECT_THAT(r.error().message, HasSubstr("A/countdown -> countdown -> A/countdown"));
+  EXPECT_LT(Clock::now() - t0, 5s);
+  EXPECT_EQ(*a_->call("echo", "still fine"), "still fine");
+}
+
+TEST_P(ChainTest, NestedCallsInheritTheOuterDeadline) {
+  std::promise<CallResult> nested;
+  host_->register_service("slow", [&](ServiceRequest req) {
+    EXPECT_LT(req.deadline() - Clock::now(), 300ms);
+    req.call("B", "sleeper", "5000", [&nested, req](CallResult r) {
+      nested.set_value(r);
+      req.reply(std::move(r));
+    });
+  });
+  CallOptions co;
+  co.timeout = 200ms;
+  auto t0 = Clock::now();
+  auto r = a_->call("caller", "slow|x", co);
+  EXPECT_EQ(r.error().code, Code::Timeout) << r.error().to_string();
+  auto f = nested.get_future();
+  ASSERT_EQ(f.wait_for(1s), std::future_status::ready) << "the nested call outlived its chain";
+  auto n = f.get();
+  EXPECT_FALSE(n.ok());
+  EXPECT_TRUE(n.error().code == Code::Timeout || n.error().code == Code::Cancelled) << n.error().to_string();
+  EXPECT_LT(Clock::now() - t0, 700ms);
+  EXPECT_EQ(*b_->call("echo", "B serves"), "B serves");
+}
+
+TEST_P(ChainTest, CancellingTheOuterCallCancelsTheNestedOne) {
+  std::promise<CallResult> nested;
+  std::promise<void> started;
+  host_->register_service("slow", [&](ServiceRequest req) {
+    req.call("B", "sleeper", "10000", [&nested, req](CallResult r) {
+      nested.set_value(r);
+      req.reply(std::move(r));
+    });
+    started.set_value();
+  });
+  std::promise<CallResult> outer;
+  auto id = a_->call_async("caller", "slow|x", {}, [&](CallResult r) { outer.set_value(std::move(r)); });
+  ASSERT_EQ(started.get_future().wait_for(2s), std::future_status::ready);
+  std::this_thread::sleep_for(50ms);
+  auto t0 = Clock::now();
+  a_->cancel(id);
+  EXPECT_EQ(outer.get_future().get().error().code, Code::Cancelled);
+  auto f = nested.get_future();
+  ASSERT_EQ(f.wait_for(1s), std::future_status::ready);
+  EXPECT_EQ(f.get().error().code, Code::Cancelled);
+  EXPECT_LT(Clock::now() - t0, 500ms);
+}
+
+TEST_P(ChainTest, ExtensionToExtensionNeedsPermission) {
+  auto r = a_->call("caller", "@B/echo|hi");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Code::PermissionDenied) << r.error().to_string();
+  EXPECT_THAT(r.error().message, HasSubstr("may not call 'B/echo'"));
+  auto c = spawn("C", {"B/echo"});
+  ASSERT_TRUE(c->load_skill("caller", skill("caller")).ok());
+  auto ok = c->call("caller", "@B/echo|hi");
+  ASSERT_TRUE(ok.ok()) << ok.error().to_string();
+  EXPECT_EQ(*ok, "hi");
+  EXPECT_EQ(c->call("caller", "@B/sleeper|1").error().code, Code::PermissionDenied);
+}
+
+TEST_P(ChainTest, CrashOfBMidChainReachesTheCallerAndASurvives) {
+  std::promise<void> started;
+  host_->register_service("viaB", [&](ServiceRequest req) {
+    req.call("B", "sleeper", "10000", [req](CallResult r) { req.reply(std::move(r)); });
+    started.set_value();
+  });
+  auto f = a_->call_async("caller", "viaB|x");
+  ASSERT_EQ(started.get_future().wait_for(2s), std::future_status::ready);
+  std::this_thread::sleep_for(50ms);
+  kill(b_->pid(), SIGKILL);
+  ASSERT_EQ(f.wait_for(2s), std::future_status::ready);
+  auto r = f.get();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Code::ExtensionCrashed) << r.error().to_string();
+  EXPECT_THAT(r.error().message, HasSubstr("in B/sleeper"));
+  EXPECT_THAT(r.error().message, HasSubstr("extension 'B'"));
+  EXPECT_EQ(*a_->call("echo", "A serves"), "A serves");
+}
+
+TEST_P(ChainTest, UnknownServiceIsNotFound) {
+  auto r = a_->call("caller", "nothing.here|x");
+  EXPECT_EQ(r.error().code, Code::NotFound);
+  EXPECT_THAT(r.error().message, HasSubstr("no host service 'nothing.here'"));
+}
+
+struct Counter {
+  std::atomic<int> n{0};
+  CallResult add(const ServiceRequest& r) { return std::to_string(n += std::stoi(r.input())); }
+  CallResult get(const ServiceRequest&) { return std::to_string(n.load()); }
+};
+
+TEST_P(ChainTest, BlockingServicesAndAProxiedSingleton) {
+  auto counter = std::make_shared<Counter>();
+  host_->register_object<Counter>("counter", counter, {{"add", &Counter::add}, {"get", &Counter::get}});
+  host_->register_blocking_service("nested", [](const ServiceRequest& req) { return req.call("B", "echo", req.input()); });
+  EXPECT_EQ(*a_->call("caller", "counter.add|5"), "5");
+  EXPECT_EQ(*b_->call("caller", "counter.add|2"), "7");
+  EXPECT_EQ(*a_->call("caller", "counter.get|"), "7");
+  EXPECT_EQ(*a_->call("caller", "nested|blocking ok"), "blocking ok");
+}
+
+TEST_P(ChainTest, ALateServiceDoesNotBlockOtherCalls) {
+  std::vector<ServiceRequest> held;
+  std::mutex mu;
+  host_->register_service("later", [&](ServiceRequest req) {
+    std::lock_guard lk(mu);
+    held.push_back(req);
+  });
+  auto f = a_->call_async("caller", "later|x");
+  for (int i = 0; i < 20; ++i) ASSERT_EQ(*a_->call("echo", "meanwhile"), "meanwhile");
+  std::this_thread::sleep_for(20ms);
+  {
+    std::lock_guard lk(mu);
+    ASSERT_EQ(held.size(), 1u);
+    std::thread([req = held[0]] { req.reply(std::string("answered later")); }).detach();
+  }
+  EXPECT_EQ(*f.get(), "answered later");
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, ChainTest, ::testing::Values(Transport::Msgpack, Transport::Grpc),
+                         [](const auto& i) { return std::string(to_string(i.param)); });
+
+}  // namespace

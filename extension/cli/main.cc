@@ -103,6 +103,8 @@ int run_cli(int argc, char** argv) {
   std::string transport = "msgpack";
   auto* srv = app.add_subcommand("serve", "Serve a host over an inherited socket (started by the host library)");
   srv->add_option("--fd", so.fd, "Inherited connected AF_UNIX socket")->capture_default_str();
+  srv->add_option("--side-fd", so.side_fd, "Inherited SOCK_SEQPACKET side channel for shared memory (-1: none)")
+      ->capture_default_str();
   srv->add_option("--name", so.name, "Extension name (tags log lines)")->capture_default_str();
   srv->add_option("--transport", transport, "msgpack or grpc")->capture_default_str()
       ->check(CLI::IsMember({"msgpack", "grpc"}));

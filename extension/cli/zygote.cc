@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 
 namespace airlock::cli {
@@ -33,7 +34,7 @@ int run_zygote(int fd, const std::function<int(std::vector<std::string>&)>& run_
   signal(SIGCHLD, SIG_DFL);  // children belong to the host (CLONE_PARENT), never to us
   static char buf[64 * 1024];
   for (;;) {
-    char cbuf[CMSG_SPACE(sizeof(int))];
+    char cbuf[CMSG_SPACE(2 * sizeof(int))];
     iovec iov{buf, sizeof buf};
     msghdr msg{};
     msg.msg_iov = &iov;
@@ -42,10 +43,14 @@ int run_zygote(int fd, const std::function<int(std::vector<std::string>&)>& run_
     msg.msg_controllen = sizeof cbuf;
     ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
     if (n <= 0) return 0;  // the host is gone: so are we
-    int child_fd = -1;
+    int fds[2] = {-1, -1};  // the extension's socket and its shared-memory side channel
     for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) std::memcpy(&child_fd, CMSG_DATA(c), sizeof(int));
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+        size_t n = std::min<size_t>(2, (c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        std::memcpy(fds, CMSG_DATA(c), n * sizeof(int));
+      }
     }
+    int child_fd = fds[0];
     int32_t reply = -EINVAL;
     if (child_fd >= 0 && !(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
       const char* p = buf;
@@ -56,14 +61,21 @@ int run_zygote(int fd, const std::function<int(std::vector<std::string>&)>& run_
       if (pid == 0) {
         close(fd);
         if (dup2(child_fd, 3) < 0) _exit(120);
-        if (child_fd != 3) close(child_fd);
+        if (fds[1] >= 0 && dup2(fds[1], 4) < 0) _exit(121);
+        // fd 3 is free before the first dup2 (we closed our socket), so what recvmsg
+        // gave us is >= 4; drop the originals that are not 3 or 4 now.
+        for (int f : fds) {
+          if (f > 4) close(f);
+        }
         clearenv();
         for (auto& e : env) putenv(strdup(e.c_str()));
         _exit(run_child(argv));
       }
       reply = pid > 0 ? static_cast<int32_t>(pid) : -errno;
     }
-    if (child_fd >= 0) close(child_fd);
+    for (int f : fds) {
+      if (f >= 0) close(f);
+    }
     if (send(fd, &reply, sizeof reply, MSG_NOSIGNAL) != sizeof reply) return 0;
   }
 }

@@ -5,7 +5,8 @@
 // Protocol on the inherited SOCK_SEQPACKET socket (fd 3), one message per request:
 //   host -> zygote: argv of `airlock-extension` as NUL-separated strings, then "\0\0",
 //                   then the environment the same way; SCM_RIGHTS: the new extension's
-//                   end of its socketpair.
+//                   end of its socketpair (becomes fd 3) and of its shared-memory side
+//                   channel (fd 4).
 //   zygote -> host: int32 pid of the new extension (or -errno).
 // The child is created with clone(CLONE_PARENT): its parent is the host, which reaps and
 // supervises it exactly like an exec'ed extension.

@@ -54,6 +54,7 @@ struct SkillRuntime::Call {
   std::shared_ptr<Skill> skill;
   std::string func;
   std::string input;
+  InputView input_view;  // used instead of `input` when set
   CallDone done;
   Clock::time_point deadline;
   uint32_t timeout_ms = 0;

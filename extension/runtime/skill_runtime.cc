@@ -212,7 +212,16 @@ Status SkillRuntime::add_instance(Skill& s) {
 
 // ---- calls ------------------------------------------------------------------------
 
-uint64_t SkillRuntime::call(std::string_view skill_name, std::string input, const CallOptions& opts, CallDone done) {
+uint64_t SkillRuntime::call(std::string_view skill, InputView input, const CallOptions& opts, CallDone done) {
+  return start_call(skill, std::string(), std::move(input), opts, std::move(done));
+}
+
+uint64_t SkillRuntime::call(std::string_view skill, std::string input, const CallOptions& opts, CallDone done) {
+  return start_call(skill, std::move(input), InputView{}, opts, std::move(done));
+}
+
+uint64_t SkillRuntime::start_call(std::string_view skill_name, std::string input, InputView view,
+                                  const CallOptions& opts, CallDone done) {
   uint64_t id = next_call_id_++;
   stats_.calls++;
   auto it = skills_.find(std::string(skill_name));
@@ -238,6 +247,7 @@ uint64_t SkillRuntime::call(std::string_view skill_name, std::string input, cons
   c->skill = skill;
   c->func = opts.func;
   c->input = std::move(input);
+  c->input_view = std::move(view);
   c->done = std::move(done);
   c->timeout_ms = skill->limits.timeout_ms;
   if (opts.timeout_ms && opts.timeout_ms < c->timeout_ms) c->timeout_ms = opts.timeout_ms;
@@ -257,8 +267,12 @@ void SkillRuntime::start(Call& c) {
   s.pool.pop_back();
   c.inst.binding->call = &c;
 
-  if (c.input.size() > 0x7fffffffu) return finish(c, make_error(Code::ResourceExhausted, "input too large"));
-  const auto len = static_cast<int32_t>(c.input.size());
+  const std::span<const uint8_t> in =
+      c.input_view.keep || !c.input_view.bytes.empty()
+          ? c.input_view.bytes
+          : std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(c.input.data()), c.input.size());
+  if (in.size() > 0x7fffffffu) return finish(c, make_error(Code::ResourceExhausted, "input too large"));
+  const auto len = static_cast<int32_t>(in.size());
   c.in_len = len;
   watchdog_->arm(c.deadline);
   auto p = c.inst.inst->call("airlock_alloc", std::array{engine::Value::from_i32(len)});
@@ -273,12 +287,13 @@ void SkillRuntime::start(Call& c) {
   }
   c.in_ptr = (*p)[0].i32;
   auto mem = c.inst.inst->memory();
-  if (static_cast<uint64_t>(static_cast<uint32_t>(c.in_ptr)) + c.input.size() > mem.size()) {
+  if (static_cast<uint64_t>(static_cast<uint32_t>(c.in_ptr)) + in.size() > mem.size()) {
     c.inst.inst.reset();
     return finish(c, skill_error(s.name, Code::Internal, "airlock_alloc returned an out-of-bounds pointer"));
   }
-  std::memcpy(mem.data() + static_cast<uint32_t>(c.in_ptr), c.input.data(), c.input.size());
+  if (!in.empty()) std::memcpy(mem.data() + static_cast<uint32_t>(c.in_ptr), in.data(), in.size());
   std::string().swap(c.input);  // the bytes live in the instance now
+  c.input_view = {};
   run(c);
 }
 

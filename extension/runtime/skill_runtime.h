@@ -52,6 +52,13 @@ struct ServiceCall {
 };
 
 using CallDone = std::function<void(Result<std::string>)>;
+
+// Input bytes the runtime does not own (e.g. a shared-memory mapping): copied straight
+// into the skill's memory; `keep` holds whatever keeps them valid until then.
+struct InputView {
+  std::span<const uint8_t> bytes;
+  std::shared_ptr<const void> keep;
+};
 using ServiceReply = std::function<void(Result<std::string>)>;
 // Handles airlock.call from a skill. Reply exactly once, on the loop thread, now or later.
 // Returns an id the runtime can hand to the cancel hook if the call is abandoned.
@@ -83,6 +90,7 @@ class SkillRuntime {
 
   // Starts a call; `done` runs exactly once. Returns the call id (for cancel).
   uint64_t call(std::string_view skill, std::string input, const CallOptions& opts, CallDone done);
+  uint64_t call(std::string_view skill, InputView input, const CallOptions& opts, CallDone done);
   // Cancels a suspended call (its wait or host-service call is abandoned): Cancelled.
   void cancel(uint64_t call_id);
   // Fails every in-flight call with `error` (shutdown).
@@ -105,6 +113,7 @@ class SkillRuntime {
   void suspend(Call& c);
   void resume(Call& c);
   Status add_instance(Skill& s);
+  uint64_t start_call(std::string_view skill, std::string input, InputView view, const CallOptions& opts, CallDone done);
 
   uv_loop_t* loop_;
   std::unique_ptr<engine::Engine> engine_;

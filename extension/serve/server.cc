@@ -8,8 +8,11 @@
 
 #include <csignal>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 
+#include "airlock/shm/fd_channel.h"
+#include "airlock/shm/registry.h"
 #include "runtime/skill_runtime.h"
 
 namespace airlock::serve {
@@ -40,9 +43,20 @@ class Server {
     uv_loop_init(&loop_);
     runtime_ = std::make_unique<runtime::SkillRuntime>(&loop_);
     channel_ = proto::make_channel(o.encoding, proto::Role::Extension, &loop_, o.fd, o.max_frame_bytes);
+    if (o.side_fd >= 0) {
+      side_ = shm::FdChannel(shm::UniqueFd(o.side_fd));
+      side_poll_ = std::make_unique<uv_poll_t>();
+      uv_poll_init(&loop_, side_poll_.get(), o.side_fd);
+      side_poll_->data = this;
+      uv_poll_start(side_poll_.get(), UV_READABLE, [](uv_poll_t* p, int status, int) {
+        auto* self = static_cast<Server*>(p->data);
+        if (status < 0 || !self->pump_side().ok()) self->stop_side();
+      });
+    }
   }
 
   ~Server() {
+    stop_side();
     runtime_.reset();
     channel_.reset();
     uv_run(&loop_, UV_RUN_DEFAULT);
@@ -100,19 +114,52 @@ class Server {
     std::visit([this](auto&& fr) { handle(std::move(fr)); }, std::move(f));
   }
 
+  // Buffers the host shares arrive (fd + id) on the side channel before the frames
+  // that name them; a broken side channel only disables shared memory.
+  Status pump_side() {
+    if (!side_.valid()) return make_error(Code::Unavailable, "no shared-memory side channel");
+    return shm_.pump(side_);
+  }
+  void stop_side() {
+    if (side_poll_) {
+      uv_close(reinterpret_cast<uv_handle_t*>(side_poll_.release()), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    }
+    side_.close();
+    shm_.clear();
+  }
+
+  // The input a request names in shared memory: one ref, read-only, valid for the call.
+  Result<runtime::InputView> shared_input(const proto::Request& r) {
+    if (r.shm_refs.size() != 1 || !r.payload.empty()) {
+      return make_error(Code::InvalidArgument, "a request carries its input inline or in exactly one shared buffer");
+    }
+    if (side_.valid()) (void)pump_side();
+    auto v = shm_.resolve(r.shm_refs[0]);
+    if (!v.ok()) return make_error(v.error().code, "shared input: " + v.error().message);
+    return runtime::InputView{{reinterpret_cast<const uint8_t*>(v->bytes.data()), v->bytes.size()}, v->mapping};
+  }
+
   void handle(proto::Request&& r) {
     if (draining_) return reply(r.id, make_error(Code::Unavailable, "extension '" + opts_.name + "' is shutting down"));
+    std::optional<runtime::InputView> view;
+    if (!r.shm_refs.empty()) {
+      auto in = shared_input(r);
+      if (!in.ok()) return reply(r.id, in.take_error());
+      view = std::move(in.value());
+    }
     runtime::CallOptions o;
     o.func = r.method.empty() ? "run" : r.method;
     o.parent_id = r.id;
     if (r.timeout_us) o.timeout_ms = static_cast<uint32_t>(std::max<uint64_t>(1, r.timeout_us / 1000));
     uint64_t host_id = r.id;
     in_flight_[host_id] = 0;
-    uint64_t call_id = runtime_->call(r.target, std::move(r.payload), o, [this, host_id](Result<std::string> res) {
+    auto done = [this, host_id](Result<std::string> res) {
       in_flight_.erase(host_id);
       reply(host_id, std::move(res));
       maybe_finish_drain();
-    });
+    };
+    uint64_t call_id = view ? runtime_->call(r.target, std::move(*view), o, std::move(done))
+                            : runtime_->call(r.target, std::move(r.payload), o, std::move(done));
     auto it = in_flight_.find(host_id);
     if (it != in_flight_.end()) it->second = call_id;  // still running (suspended): cancellable
   }
@@ -187,6 +234,7 @@ class Server {
                [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
     }
     spdlog::set_default_logger(spdlog::null_logger_st("off"));
+    stop_side();
     channel_->close();
     uv_stop(&loop_);
   }
@@ -212,6 +260,9 @@ class Server {
   std::unordered_map<uint64_t, runtime::ServiceReply> host_calls_;
   uint64_t next_host_call_ = 1;
   std::unique_ptr<uv_timer_t> drain_timer_;
+  shm::FdChannel side_;
+  shm::Registry shm_;  // buffers the host shared with us (sealed: we cannot write them)
+  std::unique_ptr<uv_poll_t> side_poll_;
   bool draining_ = false;
   bool stopped_ = false;
   bool host_gone_ = false;

@@ -12,6 +12,7 @@ namespace airlock::serve {
 
 struct ServeOptions {
   int fd = 3;                       // the inherited socket
+  int side_fd = -1;                 // shared-memory side channel (SOCK_SEQPACKET), -1: none
   std::string name = "extension";   // for logs
   proto::Encoding encoding = proto::Encoding::Msgpack;
   int parent_pid = 0;               // exit at once if our parent is not this process

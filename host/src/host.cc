@@ -149,12 +149,24 @@ void HostImpl::start_process(const std::shared_ptr<ExtensionState>& e) {
                                    "--max-frame-bytes", std::to_string(opts.max_frame_bytes),
                                    "--max-memory-mb", std::to_string(lim.max_memory_mb),
                                    "--timeout-ms", std::to_string(lim.timeout_ms)};
+  auto side = shm::FdChannel::pair();
+  if (!side.ok()) {
+    if (e->on_ready) std::exchange(e->on_ready, nullptr)(side.take_error());
+    return;
+  }
+  argv.insert(argv.end(), {"--side-fd", "4"});
+  const int child_side = side->second.fd();
   Result<ChildProcess> child = make_error(Code::Unavailable, "zygote disabled");
   if (zygote_) {
-    child = zygote_->spawn(argv, e->opts.env);
+    child = zygote_->spawn(argv, e->opts.env, child_side);
     if (!child.ok()) spdlog::warn("zygote: {}; starting '{}' with exec instead", child.error().message, e->opts.name);
   }
-  if (!child.ok()) child = spawn_child(argv, e->opts.env);
+  if (!child.ok()) child = spawn_child(argv, e->opts.env, child_side);
+  {
+    std::lock_guard lk(e->shm_mu);
+    e->side = std::move(side->first);  // same object, new socket: the exporter keeps pointing at it
+    if (!e->exporter) e->exporter = std::make_unique<shm::Exporter>(e->side);
+  }
   if (!child.ok()) {
     if (e->on_ready) std::exchange(e->on_ready, nullptr)(child.take_error());
     return;
@@ -255,6 +267,11 @@ void HostImpl::on_process_exit(const std::shared_ptr<ExtensionState>& e) {
   e->exit_watch = nullptr;
   close(e->proc.pidfd);
   e->proc = {};
+  {
+    std::lock_guard lk(e->shm_mu);
+    if (e->exporter) e->exporter->forget_all();  // the next process is sent every buffer afresh
+    e->side.close();
+  }
   e->pid = 0;
   stop_timer(e->kill_timer);
   fail_pending(*e, err);
@@ -483,7 +500,7 @@ std::vector<std::string> Extension::skills() const {
   return p->get_future().get();
 }
 
-CallId Extension::call_async(std::string_view skill, std::string_view input, const CallOptions& opts,
+CallId Extension::call_async(std::string_view skill, const Payload& input, const CallOptions& opts,
                              std::function<void(CallResult)> done) {
   auto* host = s_->host;
   uint64_t id = host->next_id();
@@ -493,7 +510,18 @@ CallId Extension::call_async(std::string_view skill, std::string_view input, con
   req.timeout_us = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(timeout).count());
   req.target = std::string(skill);
   req.method = opts.func;
-  req.payload = std::string(input);
+  if (input.shared()) {
+    auto ref = share(input);
+    if (!ref.ok()) {
+      host->post([done = std::move(done), e = ref.take_error()]() mutable { done(std::move(e)); });
+      return id;
+    }
+    req.shm_refs.push_back(ref.value());
+    // The buffer stays leased (not reused, not dropped) until the call has answered.
+    done = [done = std::move(done), keep = input.buffer()](CallResult r) { done(std::move(r)); };
+  } else {
+    req.payload = std::string(input.bytes());
+  }
   auto s = s_;
   detail::ChainInfo info{1, s->opts.name + "/" + std::string(skill), std::chrono::steady_clock::now() + timeout};
   host->post([s, host, id, req = std::move(req), timeout, done = std::move(done), info = std::move(info)]() mutable {
@@ -502,14 +530,63 @@ CallId Extension::call_async(std::string_view skill, std::string_view input, con
   return id;
 }
 
-std::future<CallResult> Extension::call_async(std::string_view skill, std::string_view input, const CallOptions& opts) {
+std::future<CallResult> Extension::call_async(std::string_view skill, const Payload& input, const CallOptions& opts) {
   auto p = std::make_shared<std::promise<CallResult>>();
   auto f = p->get_future();
   call_async(skill, input, opts, [p](CallResult r) { p->set_value(std::move(r)); });
   return f;
 }
 
-CallResult Extension::call(std::string_view skill, std::string_view input, const CallOptions& opts) {
+Result<proto::ShmRef> Extension::share(const Payload& in) {
+  auto& b = *in.buffer().s_;
+  if (b.owner != s_.get()) {
+    return make_error(Code::InvalidArgument, "shared buffer belongs to another extension (allocate it from '" + s_->opts.name + "')");
+  }
+  if (in.offset() > b.lease.size() || in.length() > b.lease.size() - in.offset()) {
+    return make_error(Code::InvalidArgument, "slice [" + std::to_string(in.offset()) + ", +" + std::to_string(in.length()) +
+                                                 ") is outside the " + std::to_string(b.lease.size()) + "-byte buffer");
+  }
+  std::lock_guard lk(s_->shm_mu);
+  if (!s_->exporter || !s_->side.valid()) {
+    return make_error(Code::Unavailable, "extension '" + s_->opts.name + "' is not running");
+  }
+  // Sends the fd over the side channel the first time this process sees the buffer;
+  // always before the frame that names it.
+  return s_->exporter->share(b.lease.buffer(), in.offset(), in.length());
+}
+
+Result<SharedBuffer> Extension::allocate(size_t size) {
+  if (size == 0) return make_error(Code::InvalidArgument, "cannot allocate an empty shared buffer");
+  std::shared_ptr<shm::Pool> pool;
+  {
+    std::lock_guard lk(s_->shm_mu);
+    if (!s_->pool) {
+      s_->pool = std::make_shared<shm::Pool>();
+      std::weak_ptr<ExtensionState> w = s_;
+      s_->pool->set_on_free([w](uint64_t id) {  // a freed buffer: the extension may unmap it
+        if (auto e = w.lock()) {
+          std::lock_guard l(e->shm_mu);
+          if (e->exporter && e->side.valid()) (void)e->exporter->drop(id);
+        }
+      });
+    }
+    pool = s_->pool;
+  }
+  auto lease = pool->acquire(size);
+  if (!lease.ok()) return lease.take_error();
+  auto st = std::make_shared<detail::BufferState>();
+  st->lease = std::move(lease.value());
+  st->owner = s_.get();
+  return SharedBuffer(std::move(st));
+}
+
+std::span<uint8_t> SharedBuffer::data() {
+  auto w = s_->lease.writable();
+  return {reinterpret_cast<uint8_t*>(w.data()), w.size()};
+}
+size_t SharedBuffer::size() const { return s_ ? s_->lease.size() : 0; }
+
+CallResult Extension::call(std::string_view skill, const Payload& input, const CallOptions& opts) {
   if (s_->host->on_loop_thread()) {
     return make_error(Code::InvalidArgument, "Extension::call must not be called from a call callback");
   }

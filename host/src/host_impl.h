@@ -15,6 +15,9 @@
 
 #include "airlock/channel.h"
 #include "airlock/host.h"
+#include "airlock/shm/fd_channel.h"
+#include "airlock/shm/pool.h"
+#include "airlock/shm/registry.h"
 #include "process.h"
 #include "zygote.h"
 
@@ -101,6 +104,18 @@ class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
   std::string disconnect_reason;               // set when we cut the peer off (bad frame)
   uv_timer_t* kill_timer = nullptr;
   uv_timer_t* restart_timer = nullptr;
+
+  // Shared memory. The pool and the exporter outlive restarts (the exporter forgets what
+  // the dead process was sent); the side channel is per process. Any thread.
+  std::mutex shm_mu;
+  shm::FdChannel side;
+  std::unique_ptr<shm::Exporter> exporter;
+  std::shared_ptr<shm::Pool> pool;
+};
+
+struct BufferState {
+  shm::Lease lease;
+  const ExtensionState* owner = nullptr;
 };
 
 class HostImpl {

@@ -17,7 +17,8 @@ namespace {
 std::string errno_text(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
 }  // namespace
 
-Result<ChildProcess> spawn_child(const std::vector<std::string>& argv, const std::vector<std::string>& env) {
+Result<ChildProcess> spawn_child(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                                 int side_fd) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
     return make_error(Code::ResourceExhausted, errno_text("socketpair"));
@@ -27,6 +28,7 @@ Result<ChildProcess> spawn_child(const std::vector<std::string>& argv, const std
   // dup2 onto 3 clears CLOEXEC for the child's copy only; every other fd of ours is
   // CLOEXEC (libuv, gRPC and this file open them so), stdin becomes /dev/null.
   posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
+  posix_spawn_file_actions_adddup2(&fa, side_fd, 4);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);

@@ -18,8 +18,10 @@ struct ChildProcess {
   int host_fd = -1;  // our end of the socketpair
 };
 
-// Creates the socketpair and starts `argv` (argv[0] = binary) with the child's end as fd 3.
-Result<ChildProcess> spawn_child(const std::vector<std::string>& argv, const std::vector<std::string>& env);
+// Creates the socketpair and starts `argv` (argv[0] = binary) with the child's end as
+// fd 3 and `side_fd` (the shared-memory side channel, see shm/) as fd 4.
+Result<ChildProcess> spawn_child(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                                 int side_fd);
 
 // Reaps the process if it has exited; returns the wait status or -1 if still running.
 int try_reap(pid_t pid);

@@ -52,7 +52,8 @@ Status Zygote::start() {
   return ok_status();
 }
 
-Result<ChildProcess> Zygote::spawn(const std::vector<std::string>& argv, const std::vector<std::string>& env) {
+Result<ChildProcess> Zygote::spawn(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                                   int side_fd) {
   if (sock_ < 0) {
     if (auto st = start(); !st.ok()) return st.take_error();
   }
@@ -65,7 +66,7 @@ Result<ChildProcess> Zygote::spawn(const std::vector<std::string>& argv, const s
   msg.push_back('\0');
   for (auto& e : env) msg.append(e).push_back('\0');
   msg.push_back('\0');
-  char cbuf[CMSG_SPACE(sizeof(int))] = {};
+  char cbuf[CMSG_SPACE(2 * sizeof(int))] = {};
   iovec iov{msg.data(), msg.size()};
   msghdr mh{};
   mh.msg_iov = &iov;
@@ -75,8 +76,9 @@ Result<ChildProcess> Zygote::spawn(const std::vector<std::string>& argv, const s
   cmsghdr* c = CMSG_FIRSTHDR(&mh);
   c->cmsg_level = SOL_SOCKET;
   c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(c), &sv[1], sizeof(int));
+  c->cmsg_len = CMSG_LEN(2 * sizeof(int));
+  const int fds[2] = {sv[1], side_fd};
+  std::memcpy(CMSG_DATA(c), fds, sizeof fds);
   ssize_t sent = sendmsg(sock_, &mh, MSG_NOSIGNAL);
   close(sv[1]);
   int32_t pid = -1;

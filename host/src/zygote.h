@@ -18,7 +18,7 @@ class Zygote {
   Zygote& operator=(const Zygote&) = delete;
 
   // Starts the zygote on first use. An error means: use spawn_child() instead.
-  Result<ChildProcess> spawn(const std::vector<std::string>& argv, const std::vector<std::string>& env);
+  Result<ChildProcess> spawn(const std::vector<std::string>& argv, const std::vector<std::string>& env, int side_fd);
 
  private:
   Status start();

@@ -11,6 +11,7 @@
 // naming the extension and skill involved.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -79,11 +80,55 @@ struct CallOptions {
 using CallResult = Result<std::string>;
 using CallId = uint64_t;
 
+namespace proto {
+struct ShmRef;
+}  // namespace proto
+
 namespace detail {
 class HostImpl;
 class ExtensionState;
 struct ServiceCallState;
+struct BufferState;
 }  // namespace detail
+
+// Shared memory for large inputs (a sealed memfd from the extension's pool): write into
+// it, then pass it, or a slice, as a call's input; the bytes are not copied through the
+// channel. Write only while no call that uses it is in flight (the extension sees the
+// buffer read-only, for the duration of the call). Released to the pool when the last
+// copy of the handle goes away; keep it alive until the calls that use it have answered.
+class SharedBuffer {
+ public:
+  SharedBuffer() = default;
+  std::span<uint8_t> data();
+  size_t size() const;
+  explicit operator bool() const { return s_ != nullptr; }
+
+ private:
+  friend class Extension;
+  friend class Payload;
+  explicit SharedBuffer(std::shared_ptr<detail::BufferState> s) : s_(std::move(s)) {}
+  std::shared_ptr<detail::BufferState> s_;
+};
+
+// A call's input: bytes (copied through the channel) or a slice of a SharedBuffer.
+class Payload {
+ public:
+  Payload(std::string_view bytes) : bytes_(bytes) {}          // NOLINT(google-explicit-constructor)
+  Payload(const std::string& bytes) : bytes_(bytes) {}        // NOLINT(google-explicit-constructor)
+  Payload(const char* bytes) : bytes_(bytes) {}               // NOLINT(google-explicit-constructor)
+  Payload(const SharedBuffer& buffer, size_t offset = 0, size_t length = SIZE_MAX)  // NOLINT
+      : buffer_(buffer), offset_(offset), length_(length) {}
+  bool shared() const { return static_cast<bool>(buffer_); }
+  std::string_view bytes() const { return bytes_; }
+  const SharedBuffer& buffer() const { return buffer_; }
+  size_t offset() const { return offset_; }
+  size_t length() const { return length_ == SIZE_MAX && buffer_ ? buffer_.size() - std::min(offset_, buffer_.size()) : length_; }
+
+ private:
+  std::string_view bytes_;
+  SharedBuffer buffer_;
+  size_t offset_ = 0, length_ = 0;
+};
 
 // A skill's call of a host service, as its handler sees it. Copyable; every copy
 // refers to the same request. Thread-safe.
@@ -131,11 +176,14 @@ class Extension {
   Status unload_skill(const std::string& skill);
   std::vector<std::string> skills() const;
 
-  CallResult call(std::string_view skill, std::string_view input, const CallOptions& opts = {});
-  std::future<CallResult> call_async(std::string_view skill, std::string_view input, const CallOptions& opts = {});
+  CallResult call(std::string_view skill, const Payload& input, const CallOptions& opts = {});
+  std::future<CallResult> call_async(std::string_view skill, const Payload& input, const CallOptions& opts = {});
   // `done` runs on the host's I/O thread: keep it short, do not block in it.
-  CallId call_async(std::string_view skill, std::string_view input, const CallOptions& opts,
+  CallId call_async(std::string_view skill, const Payload& input, const CallOptions& opts,
                     std::function<void(CallResult)> done);
+
+  // A shared-memory buffer for inputs to this extension (from its pool; see SharedBuffer).
+  Result<SharedBuffer> allocate(size_t size);
   void cancel(CallId id);  // the call completes with Cancelled (if still in flight)
 
   // Graceful stop: in-flight calls may finish within `grace`; then SIGTERM, SIGKILL.
@@ -144,6 +192,7 @@ class Extension {
  private:
   friend class detail::HostImpl;
   explicit Extension(std::shared_ptr<detail::ExtensionState> s) : s_(std::move(s)) {}
+  Result<proto::ShmRef> share(const Payload& in);  // sends the buffer's fd once, checks the slice
   std::shared_ptr<detail::ExtensionState> s_;
 };
 

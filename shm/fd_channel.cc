@@ -178,6 +178,13 @@ Status FdChannel::drop(uint64_t id, int timeout_ms) {
   return send({}, std::string_view(m, sizeof m), timeout_ms);
 }
 
+Status FdChannel::give_back(uint64_t id, int timeout_ms) {
+  char m[kSideMessageBytes] = {};
+  m[0] = static_cast<char>(SideMessage::Kind::kReturn);
+  put_u64(m + 8, id);
+  return send({}, std::string_view(m, sizeof m), timeout_ms);
+}
+
 Result<std::optional<SideMessage>> FdChannel::try_recv_message() {
   // Room for one more byte and fd than allowed, so oversize shows up as a mismatch
   // rather than only as truncation.
@@ -197,6 +204,8 @@ Result<std::optional<SideMessage>> FdChannel::try_recv_message() {
     m.fd = std::move(in.fds[0]);
   } else if (kind == static_cast<uint8_t>(SideMessage::Kind::kDrop) && in.fds.empty()) {
     m.kind = SideMessage::Kind::kDrop;
+  } else if (kind == static_cast<uint8_t>(SideMessage::Kind::kReturn) && in.fds.empty()) {
+    m.kind = SideMessage::Kind::kReturn;
   } else {
     return make_error(Code::InvalidArgument, "fd channel: bad message kind " +
                                                  std::to_string(kind) + " with " +

@@ -32,12 +32,16 @@ Status Registry::add(uint64_t id, UniqueFd fd, uint64_t size) {
   return ok_status();
 }
 
-Status Registry::pump(FdChannel& channel) {
+Status Registry::pump(FdChannel& channel, const std::function<void(uint64_t id)>& on_return) {
   for (;;) {
     auto r = channel.try_recv_message();
     if (!r) return r.take_error();
     if (!r->has_value()) return ok_status();
     SideMessage& m = **r;
+    if (m.kind == SideMessage::Kind::kReturn) {
+      if (on_return) on_return(m.id);
+      continue;
+    }
     Status s = m.kind == SideMessage::Kind::kAnnounce ? add(m.id, std::move(m.fd), m.size)
                                                       : release(m.id);
     if (!s) return s;

@@ -7,11 +7,13 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <unordered_map>
 
 #include "airlock/shm/fd_channel.h"
+#include "airlock/shm/pool.h"
 #include "airlock/shm/registry.h"
 #include "runtime/skill_runtime.h"
 
@@ -90,11 +92,30 @@ class Server {
   }
 
  private:
+  // A large output goes back in a buffer of our own pool instead of the frame; the host
+  // copies it out and gives the buffer back (kReturn) before we write it again.
+  bool share_output(const std::string& out, proto::Response& resp) {
+    if (!side_.valid() || out.size() < opts_.shm_output_min_bytes) return false;
+    if (!out_exporter_) {
+      out_exporter_ = std::make_unique<shm::Exporter>(side_);
+      out_pool_ = std::make_unique<shm::Pool>();
+      out_pool_->set_on_free([this](uint64_t id) { (void)out_exporter_->drop(id); });
+    }
+    auto lease = out_pool_->acquire(out.size());
+    if (!lease.ok()) return false;
+    std::memcpy(lease->writable().data(), out.data(), out.size());
+    auto ref = out_exporter_->share(lease->buffer(), 0, out.size());
+    if (!ref.ok()) return false;
+    resp.shm_refs.push_back(ref.value());
+    out_leases_[ref->buffer_id] = std::move(lease.value());
+    return true;
+  }
+
   void reply(uint64_t id, Result<std::string> r) {
     proto::Response resp;
     resp.id = id;
     if (r.ok()) {
-      resp.payload = std::move(r.value());
+      if (!share_output(r.value(), resp)) resp.payload = std::move(r.value());
     } else {
       resp.code = r.error().code;
       resp.trap = r.error().trap;
@@ -118,9 +139,11 @@ class Server {
   // that name them; a broken side channel only disables shared memory.
   Status pump_side() {
     if (!side_.valid()) return make_error(Code::Unavailable, "no shared-memory side channel");
-    return shm_.pump(side_);
+    return shm_.pump(side_, [this](uint64_t id) { out_leases_.erase(id); });
   }
   void stop_side() {
+    out_leases_.clear();
+    if (out_pool_) out_pool_->set_on_free(nullptr);
     if (side_poll_) {
       uv_close(reinterpret_cast<uv_handle_t*>(side_poll_.release()), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
     }
@@ -263,6 +286,11 @@ class Server {
   shm::FdChannel side_;
   shm::Registry shm_;  // buffers the host shared with us (sealed: we cannot write them)
   std::unique_ptr<uv_poll_t> side_poll_;
+  // Outputs we share; destroyed in reverse: leases, then the pool (whose on_free
+  // tells the exporter), then the exporter.
+  std::unique_ptr<shm::Exporter> out_exporter_;
+  std::unique_ptr<shm::Pool> out_pool_;
+  std::unordered_map<uint64_t, shm::Lease> out_leases_;  // shared, not yet given back
   bool draining_ = false;
   bool stopped_ = false;
   bool host_gone_ = false;

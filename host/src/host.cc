@@ -195,7 +195,9 @@ void HostImpl::start_process(const std::shared_ptr<ExtensionState>& e) {
 
 void HostImpl::on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&& f) {
   if (auto* r = std::get_if<proto::Response>(&f)) {
-    if (r->code == Code::Ok) {
+    if (r->code == Code::Ok && !r->shm_refs.empty()) {
+      complete_pending(*e, r->id, take_shared_output(*e, *r));
+    } else if (r->code == Code::Ok) {
       complete_pending(*e, r->id, std::move(r->payload));
     } else {
       complete_pending(*e, r->id, make_error(r->code, std::move(r->error), r->trap));
@@ -227,6 +229,20 @@ void HostImpl::complete_pending(ExtensionState& e, uint64_t id, CallResult r) {
   stop_timer(pc.timer);
   end_services(e, id);
   pc.done(std::move(r));
+}
+
+// A large output the extension returned in shared memory: copy it out, give it back.
+CallResult HostImpl::take_shared_output(ExtensionState& e, const proto::Response& r) {
+  std::lock_guard lk(e.shm_mu);
+  if (r.shm_refs.size() != 1 || !r.payload.empty() || !e.side.valid()) {
+    return make_error(Code::Internal, ext_label(e) + " sent a malformed shared output");
+  }
+  (void)e.inbox.pump(e.side);  // its fd arrived before this frame
+  auto v = e.inbox.resolve(r.shm_refs[0]);
+  if (!v.ok()) return make_error(Code::Internal, ext_label(e) + " sent a bad shared output: " + v.error().message);
+  std::string out(reinterpret_cast<const char*>(v->bytes.data()), v->bytes.size());
+  (void)e.side.give_back(r.shm_refs[0].buffer_id);
+  return out;
 }
 
 void HostImpl::fail_pending(ExtensionState& e, const Error& err) {
@@ -271,6 +287,7 @@ void HostImpl::on_process_exit(const std::shared_ptr<ExtensionState>& e) {
     std::lock_guard lk(e->shm_mu);
     if (e->exporter) e->exporter->forget_all();  // the next process is sent every buffer afresh
     e->side.close();
+    e->inbox.clear();
   }
   e->pid = 0;
   stop_timer(e->kill_timer);

@@ -109,6 +109,7 @@ class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
   // the dead process was sent); the side channel is per process. Any thread.
   std::mutex shm_mu;
   shm::FdChannel side;
+  shm::Registry inbox;  // outputs the current process shared with us
   std::unique_ptr<shm::Exporter> exporter;
   std::shared_ptr<shm::Pool> pool;
 };
@@ -158,6 +159,7 @@ class HostImpl {
   void on_channel_closed(const std::shared_ptr<ExtensionState>& e, const Error& err);
   void on_process_exit(const std::shared_ptr<ExtensionState>& e);
   void fail_pending(ExtensionState& e, const Error& err);
+  CallResult take_shared_output(ExtensionState& e, const proto::Response& r);
   void reload_skills(const std::shared_ptr<ExtensionState>& e, std::function<void(Status)> done);
   void schedule_restart(const std::shared_ptr<ExtensionState>& e);
 

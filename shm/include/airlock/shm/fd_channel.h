@@ -52,9 +52,12 @@ Result<std::optional<Received>> recv_fds(int sock, size_t max_bytes, size_t max_
                                          bool nonblocking);
 
 // A message on the side channel. Wire form: 24 bytes little endian
-// {u8 kind, u8[7] zero, u64 id, u64 size}; kAnnounce carries exactly one fd, kDrop none.
+// {u8 kind, u8[7] zero, u64 id, u64 size}; kAnnounce carries exactly one fd, the others
+// none. kAnnounce/kDrop: "here is my buffer id" / "forget it". kReturn goes the other
+// way: "I have read your buffer id; you may write it again" (the release handshake for
+// pooled buffers that carry outputs).
 struct SideMessage {
-  enum class Kind : uint8_t { kAnnounce = 1, kDrop = 2 };
+  enum class Kind : uint8_t { kAnnounce = 1, kDrop = 2, kReturn = 3 };
   Kind kind = Kind::kAnnounce;
   uint64_t id = 0;
   uint64_t size = 0;  // kAnnounce only
@@ -85,6 +88,7 @@ class FdChannel {
   // Typed side messages.
   Status announce(uint64_t id, int fd, uint64_t size, int timeout_ms = 5000);
   Status drop(uint64_t id, int timeout_ms = 5000);
+  Status give_back(uint64_t id, int timeout_ms = 5000);  // kReturn
   // nullopt: nothing pending. A malformed message -> InvalidArgument (its fds closed).
   Result<std::optional<SideMessage>> try_recv_message();
 

@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -52,7 +53,9 @@ class Registry {
   // Reads every pending side-channel message: kAnnounce -> add, kDrop -> release. Call
   // it when the channel is readable and before resolving a frame's ShmRefs. Stops at the
   // first bad message and returns its error (a peer that sends one is misbehaving).
-  Status pump(FdChannel& channel);
+  // Drains the side channel: announcements are added, drops released; kReturn messages
+  // (about buffers *we* shared) go to `on_return`.
+  Status pump(FdChannel& channel, const std::function<void(uint64_t id)>& on_return = {});
 
   Result<View> resolve(const proto::ShmRef& ref) const;
   // Ends the sender's hold; the mapping goes once no View uses it. Unknown -> NotFound.

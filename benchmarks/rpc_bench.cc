@@ -395,14 +395,9 @@ std::vector<TestDef> make_tests(Contexts& cx, const std::vector<std::string>& tr
   for (const auto& tr : transports) {
     for (const auto& [k, cat] : kinds) {
       std::string base = "local_" + k;
-      if (cat == "small") {
-        t.push_back({k, tr, cat, base, [&cx, tr, k] { return prepare_call(cx, tr, k); }});
-      } else if (cat == "large") {
-        t.push_back({k + "_inline", tr, cat, base, [&cx, tr, k] { return prepare_call(cx, tr, k); }});
-        t.push_back({k + "_shm", tr, cat, base, [&cx, tr, k] { return prepare_shm(cx, tr, k); }});
-      } else {
-        t.push_back({k, tr, cat, base, [&cx, tr, k] { return prepare_call(cx, tr, k); }});
-      }
+      bool large = cat == "large";  // inline (through the channel) and shm variants
+      t.push_back({large ? k + "_inline" : k, tr, cat, base, [&cx, tr, k] { return prepare_call(cx, tr, k); }});
+      if (large) t.push_back({k + "_shm", tr, cat, base, [&cx, tr, k] { return prepare_shm(cx, tr, k); }});
     }
   }
   return t;

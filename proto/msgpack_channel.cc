@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "airlock/channel.h"
+#include "airlock/msgpack_codec.h"
 #include "channel_internal.h"
 
 namespace airlock::proto {
@@ -82,7 +83,9 @@ class MsgpackChannel final : public Channel {
     }
     (void)buf;
     st_->decoder.commit(static_cast<size_t>(n));
-    while (open_) {
+    // on_frame may close or even destroy this channel: check a token it cannot outlive.
+    std::weak_ptr<int> alive = alive_;
+    while (!alive.expired() && open_) {
       auto next = st_->decoder.next();
       if (!next) break;
       if (!next->ok()) return fail(next->take_error());
@@ -128,6 +131,7 @@ class MsgpackChannel final : public Channel {
   PipeState* st_ = nullptr;
   bool open_ = true;
   ChannelCallbacks cb_;
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
 
 }  // namespace

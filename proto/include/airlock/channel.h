@@ -15,7 +15,6 @@
 #include <memory>
 
 #include "airlock/frame.h"
-#include "airlock/msgpack_codec.h"
 #include "airlock/status.h"
 
 namespace airlock::proto {

@@ -210,11 +210,12 @@ LargeRow measure_copied(const Config& cfg, int n, const std::string& buffer, uin
 }
 
 // Shared: the host writes the buffer once into a sealed memfd and every extension maps
-// it. Needs the shared-buffer call API (issue 4).
+// it. Not possible yet: a SharedBuffer comes from one extension's pool
+// (Extension::allocate) and a call to another extension refuses it.
 LargeRow measure_shared(const Config&, int n, const std::string&, uint64_t) {
   LargeRow row("shared", n);
   row.status = "skipped";
-  row.error = "shared-memory call API not available yet (issue 4)";
+  row.error = "not measured: a SharedBuffer belongs to one extension (Extension::allocate); one buffer for all is not in the API";
   return row;
 }
 

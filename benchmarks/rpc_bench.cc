@@ -42,7 +42,7 @@ struct Config {
 
 // ---- payloads: the input of each test and the exact output the skill must return --------
 
-struct Payload {
+struct TestData {
   std::string skill, input, expect;
 };
 
@@ -58,15 +58,15 @@ uint64_t byte_sum(std::string_view s) {
   return t;
 }
 
-Payload summed(std::string bytes) {
+TestData summed(std::string bytes) {
   std::string expect = le64(byte_sum(bytes));
   return {"sum", std::move(bytes), std::move(expect)};
 }
 
-const Payload& payload(const std::string& which) {
-  static std::map<std::string, Payload> cache;
+const TestData& test_data(const std::string& which) {
+  static std::map<std::string, TestData> cache;
   if (auto it = cache.find(which); it != cache.end()) return it->second;
-  Payload p;
+  TestData p;
   const std::string int8 = le64(0x0123456789ABCDEFull);  // the 8-byte integer
   if (which == "small_int") {
     p = {"echo", int8, int8};
@@ -99,7 +99,7 @@ const Payload& payload(const std::string& which) {
   return cache[which] = std::move(p);
 }
 
-std::string check(const std::string& got, const Payload& p) {
+std::string check(const std::string& got, const TestData& p) {
   if (got == p.expect) return "";
   if (p.skill == "sum" && got.size() == 8) {
     uint64_t g = 0, e = 0;
@@ -131,7 +131,6 @@ struct TestDef {
   std::function<Prepared()> prepare;
 };
 
-Prepared skipped(std::string why) { return {nullptr, std::move(why), ""}; }
 Prepared failed(std::string why) { return {nullptr, "", std::move(why)}; }
 
 // raw_socketpair: a forked child echoes 8 bytes with blocking read/write. The floor of
@@ -349,7 +348,7 @@ struct Contexts {
 
 Prepared prepare_local(Contexts& cx, const std::string& test) {
   Local& l = cx.get_local();
-  const Payload& p = payload(test);
+  const TestData& p = test_data(test);
   if (auto e = l.load_error(p.skill); !e.empty()) return failed(e);
   return {[&l, &p](milliseconds left) -> Timed {
             std::string in = p.input;  // the copy is not timed: a caller could move its bytes in
@@ -364,7 +363,7 @@ Prepared prepare_local(Contexts& cx, const std::string& test) {
 Prepared prepare_call(Contexts& cx, const std::string& transport, const std::string& test) {
   Remote& r = cx.get_remote(transport);
   if (!r.error.empty()) return failed(r.error);
-  const Payload& p = payload(test);
+  const TestData& p = test_data(test);
   Extension ext = *r.ext;
   return {[ext, &p](milliseconds left) mutable -> Timed {
             auto t0 = Clock::now();
@@ -375,9 +374,23 @@ Prepared prepare_call(Contexts& cx, const std::string& transport, const std::str
           "", ""};
 }
 
-// Needs the shared-buffer call API (issue 4), which is being built.
-Prepared prepare_shm(Contexts&, const std::string&, const std::string&) {
-  return skipped("shared-memory call API not available yet (issue 4)");
+// The same bytes in a SharedBuffer of the extension, written once before the test (a
+// producer writes in place); every call passes the buffer instead of the bytes.
+Prepared prepare_shm(Contexts& cx, const std::string& transport, const std::string& test) {
+  Remote& r = cx.get_remote(transport);
+  if (!r.error.empty()) return failed(r.error);
+  const TestData& d = test_data(test);
+  Extension ext = *r.ext;
+  auto buf = ext.allocate(d.input.size());
+  if (!buf.ok()) return failed("allocate: " + buf.error().to_string());
+  std::memcpy(buf->data().data(), d.input.data(), d.input.size());
+  return {[ext, b = *buf, &d](milliseconds left) mutable -> Timed {
+            auto t0 = Clock::now();
+            auto res = ext.call(d.skill, airlock::Payload(b), {.timeout = left});
+            double us = us_since(t0);
+            return {us, res.ok() ? check(*res, d) : res.error().to_string()};
+          },
+          "", ""};
 }
 
 std::vector<TestDef> make_tests(Contexts& cx, const std::vector<std::string>& transports) {

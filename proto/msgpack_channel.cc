@@ -94,26 +94,39 @@ class MsgpackChannel final : public Channel {
   }
 
  private:
+  // Empties a buffer; a large one gives its memory back (one 50 MiB frame must not stay
+  // resident per channel).
+  static void reset(std::string& s) {
+    if (s.capacity() > (1u << 20)) {
+      std::string().swap(s);
+    } else {
+      s.clear();
+    }
+  }
+
   void flush() {
-    while (open_ && !st_->queued.empty()) {
-      uv_buf_t b = uv_buf_init(st_->queued.data(), static_cast<unsigned>(std::min<size_t>(st_->queued.size(), 1u << 30)));
+    size_t off = 0;  // an offset, not erase(): erasing the front of a large frame per partial write is quadratic
+    while (open_ && off < st_->queued.size()) {
+      size_t len = std::min<size_t>(st_->queued.size() - off, 1u << 30);
+      uv_buf_t b = uv_buf_init(st_->queued.data() + off, static_cast<unsigned>(len));
       int n = uv_try_write(reinterpret_cast<uv_stream_t*>(&st_->pipe), &b, 1);
       if (n == UV_EAGAIN) break;
       if (n < 0) return fail(make_error(Code::Unavailable, std::string("write failed: ") + uv_strerror(n)));
-      st_->queued.erase(0, static_cast<size_t>(n));
+      off += static_cast<size_t>(n);
     }
-    if (!open_ || st_->queued.empty()) return;
+    if (!open_) return;
+    if (off == st_->queued.size()) return reset(st_->queued);
     st_->writing.swap(st_->queued);
-    st_->queued.clear();
+    reset(st_->queued);
     st_->write_in_flight = true;
     auto* req = new uv_write_t;
     req->data = st_;
-    uv_buf_t b = uv_buf_init(st_->writing.data(), static_cast<unsigned>(st_->writing.size()));
+    uv_buf_t b = uv_buf_init(st_->writing.data() + off, static_cast<unsigned>(st_->writing.size() - off));
     uv_write(req, reinterpret_cast<uv_stream_t*>(&st_->pipe), &b, 1, [](uv_write_t* r, int status) {
       auto* s = static_cast<PipeState*>(r->data);
       delete r;
       s->write_in_flight = false;
-      s->writing.clear();
+      reset(s->writing);
       if (!s->owner) return;
       if (status < 0) return s->owner->fail(make_error(Code::Unavailable, std::string("write failed: ") + uv_strerror(status)));
       s->owner->flush();

@@ -109,7 +109,7 @@ Exporter::Exporter(FdChannel& channel) : channel_(&channel), token_(g_next_expor
 Result<proto::ShmRef> Exporter::share(Buffer& b, uint64_t offset, uint64_t length) {
   if (offset > b.size() || length > b.size() - offset)
     return make_error(Code::InvalidArgument, "shm share: slice outside the buffer");
-  if (b.peer() != 0 && b.peer() != token_)
+  if (b.peer() != 0 && b.peer() != Buffer::kAnyPeer && b.peer() != token_)
     return make_error(Code::PermissionDenied,
                       id_text(b.id()) + " was shared with another peer; use one Pool per peer");
   if (auto s = b.seal(); !s) return s.take_error();
@@ -117,7 +117,7 @@ Result<proto::ShmRef> Exporter::share(Buffer& b, uint64_t offset, uint64_t lengt
   if (!sent_.count(b.id())) {
     if (auto s = channel_->announce(b.id(), b.fd(), b.size()); !s) return s.take_error();
     sent_.insert(b.id());
-    b.set_peer(token_);
+    if (b.peer() != Buffer::kAnyPeer) b.set_peer(token_);
   }
   return proto::ShmRef{b.id(), offset, length};
 }

@@ -271,6 +271,19 @@ TEST_F(RuntimeFixture, ThousandSequentialCallsDoNotGrowRss) {
   EXPECT_LT(after, before + 32 * 1024) << "RSS " << before << " kB -> " << after << " kB";
 }
 
+TEST_F(RuntimeFixture, LargeInputMemoryIsReturnedAfterTheCall) {
+  // Each call grows the instance to hold 32 MiB; the grown instance is dropped and its
+  // memory returned at once, so ten calls do not leave ten copies resident.
+  runtime::SkillLimits lim;
+  lim.max_memory_mb = 128;
+  load("sum", lim);
+  std::string in(32u << 20, '\x01');
+  ASSERT_TRUE(call("sum", in).ok());
+  size_t before = rss_kb();
+  for (int i = 0; i < 10; ++i) ASSERT_EQ(le64(*call("sum", in)), 32u << 20);
+  EXPECT_LT(rss_kb(), before + 48 * 1024) << "RSS " << before << " kB -> " << rss_kb() << " kB";
+}
+
 // ---- suspension: waits, host services, cancellation ------------------------------------
 
 TEST_F(RuntimeFixture, ThousandConcurrentWaitsShareOneThread) {

@@ -135,6 +135,21 @@ TEST_P(SharedInputTest, ThousandBufferCallsAndACrashLeaveNoLeak) {
   EXPECT_EQ(le64(*again), 0u);
 }
 
+TEST_P(SharedInputTest, OneHostWideBufferForSeveralExtensions) {
+  auto buf = host_->allocate(4u << 20);
+  ASSERT_TRUE(buf.ok()) << buf.error().to_string();
+  std::fill(buf->data().begin(), buf->data().end(), uint8_t{2});
+  ExtensionOptions eo;
+  eo.name = "second";
+  auto second = host_->spawn(eo);
+  ASSERT_TRUE(second.ok());
+  ASSERT_TRUE(second->load_skill("sum", skill("sum"), SkillLimits{128, 30'000}).ok());
+  for (int round = 0; round < 3; ++round) {
+    EXPECT_EQ(le64(*ext_->call("sum", *buf)), 8u << 20);
+    EXPECT_EQ(le64(*second->call("sum", Payload(*buf, 0, 1u << 20))), 2u << 20);
+  }
+}
+
 TEST_P(SharedInputTest, LargeOutputsComeBackThroughSharedMemory) {
   // echo's output is as large as its input: above 64 KiB it returns in a pooled buffer of
   // the extension's, which the host copies out and gives back before it is reused.

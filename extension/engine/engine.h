@@ -102,6 +102,8 @@ class Engine {
   // Stops whatever wasm code runs on the engine's thread now (thread-safe). The
   // running call returns Code::Timeout.
   virtual void terminate() = 0;
+  // Frees what dropped instances still hold (their linear memories go with the next GC).
+  virtual void reclaim() = 0;
   virtual std::string_view name() const = 0;
 };
 

@@ -21,6 +21,7 @@ Error skill_error(const std::string& skill, Code code, const std::string& msg, T
 }
 // malloc fails once the next chunk no longer fits, usually a little below the maximum.
 constexpr uint32_t kNearMaxPages = 32;  // 2 MiB
+constexpr size_t kReclaimBytes = 16u << 20;  // dropping a memory this large triggers a GC
 }  // namespace
 
 Timer* Timer::start(uv_loop_t* loop, uint64_t ms, std::function<void()> fn) {
@@ -392,6 +393,11 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
       }
     }
     if (keep && s.pool.size() < kPoolMax) s.pool.push_back(std::move(c.inst));
+    if (c.inst.inst && c.inst.inst->memory().size() >= kReclaimBytes) {
+      // A large memory is dropped: without a GC it stays resident until V8 gets round to it.
+      c.inst.inst.reset();
+      engine_->reclaim();
+    }
   }
   CallDone done = std::move(c.done);
   auto keep_alive = calls_.extract(c.id);  // c is destroyed at the end of this scope

@@ -556,12 +556,18 @@ std::future<CallResult> Extension::call_async(std::string_view skill, const Payl
 
 Result<proto::ShmRef> Extension::share(const Payload& in) {
   auto& b = *in.buffer().s_;
-  if (b.owner != s_.get()) {
-    return make_error(Code::InvalidArgument, "shared buffer belongs to another extension (allocate it from '" + s_->opts.name + "')");
+  if (b.owner && b.owner != s_.get()) {
+    return make_error(Code::InvalidArgument, "shared buffer belongs to another extension (allocate it from '" +
+                                                 s_->opts.name + "', or host-wide with Host::allocate)");
   }
-  if (in.offset() > b.lease.size() || in.length() > b.lease.size() - in.offset()) {
+  if (in.offset() > b.size || in.length() > b.size - in.offset()) {
     return make_error(Code::InvalidArgument, "slice [" + std::to_string(in.offset()) + ", +" + std::to_string(in.length()) +
-                                                 ") is outside the " + std::to_string(b.lease.size()) + "-byte buffer");
+                                                 ") is outside the " + std::to_string(b.size) + "-byte buffer");
+  }
+  if (!b.owner) {
+    std::lock_guard lk(b.mu);
+    bool known = std::any_of(b.shared_with.begin(), b.shared_with.end(), [&](auto& w) { return w.lock() == s_; });
+    if (!known) b.shared_with.push_back(s_);
   }
   std::lock_guard lk(s_->shm_mu);
   if (!s_->exporter || !s_->side.valid()) {
@@ -569,7 +575,30 @@ Result<proto::ShmRef> Extension::share(const Payload& in) {
   }
   // Sends the fd over the side channel the first time this process sees the buffer;
   // always before the frame that names it.
-  return s_->exporter->share(b.lease.buffer(), in.offset(), in.length());
+  return s_->exporter->share(b.buffer(), in.offset(), in.length());
+}
+
+namespace detail {
+BufferState::~BufferState() {
+  if (!own) return;  // pooled: the pool's on_free hook tells the extension
+  for (auto& w : shared_with) {
+    if (auto e = w.lock()) {
+      std::lock_guard lk(e->shm_mu);
+      if (e->exporter && e->side.valid()) (void)e->exporter->drop(own->id());
+    }
+  }
+}
+}  // namespace detail
+
+Result<SharedBuffer> Host::allocate(size_t size) {
+  if (size == 0) return make_error(Code::InvalidArgument, "cannot allocate an empty shared buffer");
+  auto b = shm::Buffer::create(size, "airlock-host");
+  if (!b.ok()) return b.take_error();
+  auto st = std::make_shared<detail::BufferState>();
+  st->own.emplace(std::move(b.value()));
+  st->own->allow_any_peer();
+  st->size = size;
+  return SharedBuffer(std::move(st));
 }
 
 Result<SharedBuffer> Extension::allocate(size_t size) {
@@ -593,15 +622,16 @@ Result<SharedBuffer> Extension::allocate(size_t size) {
   if (!lease.ok()) return lease.take_error();
   auto st = std::make_shared<detail::BufferState>();
   st->lease = std::move(lease.value());
+  st->size = size;
   st->owner = s_.get();
   return SharedBuffer(std::move(st));
 }
 
 std::span<uint8_t> SharedBuffer::data() {
-  auto w = s_->lease.writable();
-  return {reinterpret_cast<uint8_t*>(w.data()), w.size()};
+  auto w = s_->buffer().writable();
+  return {reinterpret_cast<uint8_t*>(w.data()), s_->size};
 }
-size_t SharedBuffer::size() const { return s_ ? s_->lease.size() : 0; }
+size_t SharedBuffer::size() const { return s_ ? s_->size : 0; }
 
 CallResult Extension::call(std::string_view skill, const Payload& input, const CallOptions& opts) {
   if (s_->host->on_loop_thread()) {

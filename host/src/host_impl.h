@@ -114,9 +114,18 @@ class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
   std::shared_ptr<shm::Pool> pool;
 };
 
+// A SharedBuffer: from one extension's pool (owner set), or host-wide (owner null,
+// its own memfd, shareable with every extension of the host).
 struct BufferState {
   shm::Lease lease;
+  std::optional<shm::Buffer> own;
+  size_t size = 0;
   const ExtensionState* owner = nullptr;
+  std::mutex mu;
+  std::vector<std::weak_ptr<ExtensionState>> shared_with;  // host-wide: who was sent it
+
+  shm::Buffer& buffer() { return own ? *own : lease.buffer(); }
+  ~BufferState();  // host-wide: tells every extension that has it to unmap it
 };
 
 class HostImpl {

@@ -105,6 +105,7 @@ class SharedBuffer {
 
  private:
   friend class Extension;
+  friend class Host;
   friend class Payload;
   explicit SharedBuffer(std::shared_ptr<detail::BufferState> s) : s_(std::move(s)) {}
   std::shared_ptr<detail::BufferState> s_;
@@ -208,6 +209,10 @@ class Host {
   std::optional<Extension> find(std::string_view name) const;
   // Stops every extension: graceful within `grace`, then SIGTERM, then SIGKILL.
   void stop(std::chrono::milliseconds grace = 2s);
+
+  // A shared buffer any extension of this host may read (one dataset for all: its pages
+  // exist once). Not pooled. Extension::allocate() is the pooled, per-extension kind.
+  Result<SharedBuffer> allocate(size_t size);
   const HostOptions& options() const;
 
   // Host services skills call by name with airlock_call(). Registering a name again

@@ -75,6 +75,10 @@ class Buffer {
   // by another extension that later receives the same (pooled) buffer.
   uint64_t peer() const { return peer_; }
   void set_peer(uint64_t p) { peer_ = p; }
+  // For a buffer meant for many readers (one dataset given to every extension): any
+  // exporter may share it. Only for buffers that are never pooled for other contents.
+  static constexpr uint64_t kAnyPeer = ~uint64_t{0};
+  void allow_any_peer() { peer_ = kAnyPeer; }
 
  private:
   Buffer(UniqueFd fd, std::byte* base, uint64_t size, uint64_t id);

@@ -13,7 +13,7 @@
 namespace airlock::runtime {
 
 namespace {
-constexpr size_t kPoolMax = 4;  // warm instances kept per skill
+constexpr size_t kPoolMax = 16;  // warm instances kept per skill (a 9-deep recursion needs 9)
 const engine::FuncType kSkillFuncType{{engine::ValType::I32, engine::ValType::I32}, {engine::ValType::I32}};
 
 Error skill_error(const std::string& skill, Code code, const std::string& msg, TrapKind trap = TrapKind::None) {

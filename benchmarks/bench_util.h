@@ -94,6 +94,12 @@ inline nlohmann::json to_json(const Machine& m) {
 
 // Memory of one process from /proc/PID/smaps_rollup, in MiB. USS (what the process
 // alone holds) = Private_Clean + Private_Dirty; PSS shares each shared page among its users.
+// {"machine": {...}, "results": results} to `path` (the small benchmarks' JSON shape).
+inline void write_results(const std::string& path, const nlohmann::json& results) {
+  nlohmann::json doc = {{"machine", to_json(machine())}, {"results", results}};
+  std::ofstream(path) << doc.dump(2) << "\n";
+}
+
 struct ProcMem {
   bool ok = false;
   double rss = 0, pss = 0, uss = 0;

@@ -86,11 +86,6 @@ int main(int argc, char** argv) {
   }
   uv_run(&loop, UV_RUN_DEFAULT);
   uv_loop_close(&loop);
-  if (!json_path.empty()) {
-    auto m = machine();
-    nlohmann::json doc = {{"machine", {{"cpu", m.cpu}, {"cores", m.cores}, {"memory_gb", m.memory_gb}, {"kernel", m.kernel}}},
-                          {"results", out}};
-    std::ofstream(json_path) << doc.dump(2) << "\n";
-  }
+  if (!json_path.empty()) write_results(json_path, out);
   return 0;
 }

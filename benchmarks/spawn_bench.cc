@@ -58,11 +58,6 @@ int main(int argc, char** argv) {
     rows.push_back({{"mode", mode}, {"spawns", n}, {"spawn_ready_ms_median", s.median}, {"spawn_ready_ms_p99", s.p99},
                     {"spawn_ready_ms_min", s.min}, {"spawn_ready_ms_max", s.max}, {"first_call_ms_median", f.median}});
   }
-  if (!json_path.empty()) {
-    auto m = machine();
-    nlohmann::json doc = {{"machine", {{"cpu", m.cpu}, {"cores", m.cores}, {"memory_gb", m.memory_gb}, {"kernel", m.kernel}}},
-                          {"results", rows}};
-    std::ofstream(json_path) << doc.dump(2) << "\n";
-  }
+  if (!json_path.empty()) write_results(json_path, rows);
   return 0;
 }

@@ -83,11 +83,6 @@ int main(int argc, char** argv) {
                     {"median_ms", s.median}, {"p99_ms", s.p99}, {"host_rss_mb", host_rss},
                     {"ext_rss_mb", ext_rss}, {"ext_pss_mb", ext_pss}, {"ok", ok.load()}});
   }
-  if (!json_path.empty()) {
-    auto m = machine();
-    nlohmann::json doc = {{"machine", {{"cpu", m.cpu}, {"cores", m.cores}, {"memory_gb", m.memory_gb}, {"kernel", m.kernel}}},
-                          {"results", rows}};
-    std::ofstream(json_path) << doc.dump(2) << "\n";
-  }
+  if (!json_path.empty()) write_results(json_path, rows);
   return 0;
 }

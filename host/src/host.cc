@@ -451,27 +451,16 @@ Status Extension::load_skill(const std::string& skill, const std::string& wasm_p
   if (access(abs.c_str(), R_OK) != 0) {
     return make_error(Code::NotFound, "skill '" + skill + "': cannot read '" + wasm_path + "'");
   }
-  detail::LoadedSkill ls{"", abs, limits ? *limits : (s_->opts.limits ? *s_->opts.limits : s_->host->opts.default_limits)};
-  auto s = s_;
-  auto r = control(s_, [s, skill, ls](uint64_t id) {
-    proto::LoadSkill l;
-    l.id = id;
-    l.name = skill;
-    l.path = ls.path;
-    l.max_memory_pages = ls.limits.max_memory_mb * 16;
-    l.timeout_ms = ls.limits.timeout_ms;
-    s->skills[skill] = ls;  // [loop] remembered for restarts, dropped again on failure below
-    return proto::Frame(std::move(l));
-  });
-  if (!r.ok()) {
-    s->host->post([s, skill] { s->skills.erase(skill); });
-    return r.take_error();
-  }
-  return ok_status();
+  return load(skill, "", abs, limits);
 }
 
 Status Extension::load_skill_bytes(const std::string& skill, std::span<const uint8_t> wasm, std::optional<SkillLimits> limits) {
-  detail::LoadedSkill ls{std::string(reinterpret_cast<const char*>(wasm.data()), wasm.size()), "",
+  return load(skill, std::string(reinterpret_cast<const char*>(wasm.data()), wasm.size()), "", limits);
+}
+
+// The skill is remembered (for reloading after a restart) only once it has loaded.
+Status Extension::load(const std::string& skill, std::string wasm, std::string path, std::optional<SkillLimits> limits) {
+  detail::LoadedSkill ls{std::move(wasm), std::move(path),
                          limits ? *limits : (s_->opts.limits ? *s_->opts.limits : s_->host->opts.default_limits)};
   auto s = s_;
   auto r = control(s_, [s, skill, ls](uint64_t id) {
@@ -479,9 +468,10 @@ Status Extension::load_skill_bytes(const std::string& skill, std::span<const uin
     l.id = id;
     l.name = skill;
     l.wasm = ls.wasm;
+    l.path = ls.path;
     l.max_memory_pages = ls.limits.max_memory_mb * 16;
     l.timeout_ms = ls.limits.timeout_ms;
-    s->skills[skill] = ls;
+    s->skills[skill] = ls;  // [loop] before a restart can happen; dropped again on failure below
     return proto::Frame(std::move(l));
   });
   if (!r.ok()) {

@@ -194,6 +194,7 @@ class Extension {
   friend class detail::HostImpl;
   explicit Extension(std::shared_ptr<detail::ExtensionState> s) : s_(std::move(s)) {}
   Result<proto::ShmRef> share(const Payload& in);  // sends the buffer's fd once, checks the slice
+  Status load(const std::string& skill, std::string wasm, std::string path, std::optional<SkillLimits> limits);
   std::shared_ptr<detail::ExtensionState> s_;
 };
 

@@ -92,21 +92,26 @@ inline nlohmann::json to_json(const Machine& m) {
           {"kernel", m.kernel}, {"commit", m.commit}, {"build_type", m.build_type}};
 }
 
-// Memory of one process from /proc/PID/smaps_rollup, in MiB. USS (what the process
-// alone holds) = Private_Clean + Private_Dirty; PSS shares each shared page among its users.
 // {"machine": {...}, "results": results} to `path` (the small benchmarks' JSON shape).
 inline void write_results(const std::string& path, const nlohmann::json& results) {
   nlohmann::json doc = {{"machine", to_json(machine())}, {"results", results}};
   std::ofstream(path) << doc.dump(2) << "\n";
 }
 
+// Memory of one process from /proc/PID/smaps_rollup, in MiB. USS (what the process
+// alone holds) = Private_Clean + Private_Dirty; PSS shares each shared page among its users.
+// pss_data = Pss_Anon + Pss_Shmem: PSS without file-backed pages (code, whose PSS moves
+// whenever an unrelated process maps the same library); all of PSS on a kernel that does
+// not report the split.
 struct ProcMem {
   bool ok = false;
   double rss = 0, pss = 0, uss = 0;
+  double pss_anon = 0, pss_file = 0, pss_shmem = 0, pss_data = 0;
 };
 
 inline ProcMem proc_mem(int pid) {
   ProcMem m;
+  bool split = false;
   std::ifstream f("/proc/" + (pid > 0 ? std::to_string(pid) : std::string("self")) + "/smaps_rollup");
   for (std::string line; std::getline(f, line);) {  // "Pss:   240 kB" (the first line is the range)
     auto colon = line.find(':');
@@ -116,7 +121,11 @@ inline ProcMem proc_mem(int pid) {
     if (key == "Rss:") m.rss = mb, m.ok = true;
     else if (key == "Pss:") m.pss = mb;
     else if (key == "Private_Clean:" || key == "Private_Dirty:") m.uss += mb;
+    else if (key == "Pss_Anon:") m.pss_anon = mb, split = true;
+    else if (key == "Pss_File:") m.pss_file = mb;
+    else if (key == "Pss_Shmem:") m.pss_shmem = mb;
   }
+  m.pss_data = split ? m.pss_anon + m.pss_shmem : m.pss;
   return m;
 }
 

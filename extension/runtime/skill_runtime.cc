@@ -205,7 +205,8 @@ Status SkillRuntime::add_instance(Skill& s) {
   if (!init.ok()) return skill_error(s.name, init.error().code, "_initialize failed: " + init.error().message);
   if (s.limits.fresh == FreshState::Reset) {
     auto mem = p.inst->memory();
-    p.snapshot.assign(mem.begin(), mem.end());
+    if (!s.snapshot) s.snapshot = std::make_shared<const std::vector<uint8_t>>(mem.begin(), mem.end());
+    p.snapshot = s.snapshot;
   }
   s.pool.push_back(std::move(p));
   return ok_status();
@@ -386,8 +387,8 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
       // A normal return restored the shadow stack; restoring memory restores the rest.
       // Grown memory cannot shrink, so such an instance is dropped instead.
       auto mem = c.inst.inst->memory();
-      if (mem.size() == c.inst.snapshot.size()) {
-        std::memcpy(mem.data(), c.inst.snapshot.data(), mem.size());
+      if (c.inst.snapshot && mem.size() == c.inst.snapshot->size()) {
+        std::memcpy(mem.data(), c.inst.snapshot->data(), mem.size());
         stats_.resets++;
         keep = true;
       }

@@ -42,6 +42,7 @@ HostOptions host_options(const Config& cfg) {
   ho.extension_binary = cfg.extension_binary;
   ho.log_level = "warn";
   ho.use_zygote = cfg.zygote;
+  ho.auto_share_min_bytes = 0;  // "copied" means copied: through the channel
   return ho;
 }
 

@@ -308,6 +308,7 @@ struct Contexts {
     ho.extension_binary = cfg.extension_binary;
     ho.log_level = "warn";
     ho.use_zygote = cfg.zygote;
+    ho.auto_share_min_bytes = 0;  // the *_inline tests measure the channel itself
     ho.default_limits = {kSkillMemoryMb, static_cast<uint32_t>(cfg.timeout.count())};
     ho.default_call_timeout = cfg.timeout;
     r->host = std::make_unique<Host>(ho);

@@ -233,12 +233,26 @@ TEST_P(HostTest, CallsFromEightThreads) {
 TEST_P(HostTest, OversizedRequestIsRefusedBeforeSending) {
   auto o = opts();
   o.max_frame_bytes = 1 << 20;
+  o.auto_share_min_bytes = 0;  // inline only
   Host h(o);
   auto ext = spawn(h, "small");
   ASSERT_TRUE(ext.load_skill("echo", skill("echo")).ok());
   auto r = ext.call("echo", std::string(2 << 20, 'x'));
   EXPECT_EQ(r.error().code, Code::ResourceExhausted) << r.error().to_string();
   EXPECT_EQ(*ext.call("echo", "fine"), "fine");
+}
+
+TEST_P(HostTest, LargeInlineInputsGoThroughSharedMemoryPastTheFrameLimit) {
+  auto o = opts();
+  o.max_frame_bytes = 1 << 20;  // default auto_share_min_bytes (1 MiB) moves the input to shm
+  Host h(o);
+  auto ext = spawn(h, "big");
+  ASSERT_TRUE(ext.load_skill("echo", skill("echo")).ok());
+  std::string in(3 << 20, 'y');
+  in[12345] = 'z';
+  auto r = ext.call("echo", in);  // the 3 MiB output comes back in shared memory too
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(*r, in);
 }
 
 TEST_P(HostTest, DestroyingAHostWithCallsInFlightIsPromptAndLeavesNoProcess) {

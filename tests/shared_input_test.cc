@@ -35,6 +35,7 @@ class SharedInputTest : public ::testing::TestWithParam<Transport> {
     o.transport = GetParam();
     o.extension_binary = AIRLOCK_EXTENSION_BIN;
     o.log_level = "warn";
+    o.auto_share_min_bytes = 0;  // "inline" in these tests means through the channel
     host_ = std::make_unique<Host>(o);
     ExtensionOptions eo;
     eo.name = "big";

@@ -21,7 +21,9 @@ std::string FuncType::to_string() const {
     }
     return s;
   };
-  std::string s = "(" + list(params) + ") -> ";
+  std::string s = "(";  // appended, not "(" + ...: GCC 12 warns falsely on that (PR105651)
+  s += list(params);
+  s += ") -> ";
   if (results.size() == 1) return s + type_name(results[0]);
   return s + "(" + list(results) + ")";
 }

@@ -102,6 +102,9 @@ class Engine {
   // Stops whatever wasm code runs on the engine's thread now (thread-safe). The
   // running call returns Code::Timeout.
   virtual void terminate() = 0;
+  // Withdraws a terminate() that arrived after the wasm it meant had already returned
+  // (so it would hit the next call instead). Engine thread only.
+  virtual void cancel_termination() = 0;
   // Frees what dropped instances still hold (their linear memories go with the next GC).
   virtual void reclaim() = 0;
   virtual std::string_view name() const = 0;

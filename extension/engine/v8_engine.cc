@@ -140,6 +140,7 @@ class V8Engine final : public Engine, public Caller {
 
   void terminate() override { iso_->TerminateExecution(); }
   void reclaim() override { iso_->LowMemoryNotification(); }
+  void cancel_termination() override { iso_->CancelTerminateExecution(); }
   std::string_view name() const override { return "v8-10.2"; }
 
   // Caller: the innermost instance running on this engine.

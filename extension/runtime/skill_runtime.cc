@@ -57,6 +57,12 @@ SkillRuntime::~SkillRuntime() {
   watchdog_.reset();
 }
 
+// A watchdog that fired just as the wasm returned leaves a termination pending for
+// whatever runs next on the isolate: withdraw it.
+void SkillRuntime::disarm_watchdog() {
+  if (watchdog_->disarm()) engine_->cancel_termination();
+}
+
 void SkillRuntime::log(int level, std::string_view skill, std::string_view line) {
   if (log_sink_) {
     log_sink_(level, skill, line);
@@ -195,7 +201,7 @@ Status SkillRuntime::add_instance(Skill& s) {
     auto r = p.inst->call("_initialize", {});
     if (!r.ok()) init = r.take_error();
   }
-  watchdog_->disarm();
+  disarm_watchdog();
   if (!ver.ok()) return skill_error(s.name, ver.error().code, "airlock_abi_version: " + ver.error().message);
   if (ver->empty() || (*ver)[0].i32 != 1) {
     return skill_error(s.name, Code::InvalidArgument,
@@ -278,7 +284,7 @@ void SkillRuntime::start(Call& c) {
   c.in_len = len;
   watchdog_->arm(c.deadline);
   auto p = c.inst.inst->call("airlock_alloc", std::array{engine::Value::from_i32(len)});
-  watchdog_->disarm();
+  disarm_watchdog();
   if (!p.ok() || p->empty() || (len > 0 && (*p)[0].i32 == 0)) {
     Error e = p.ok() ? make_error(Code::ResourceExhausted,
                                   "cannot allocate " + std::to_string(len) + " bytes of input in the skill (limit " +
@@ -306,7 +312,7 @@ void SkillRuntime::run(Call& c) {
   const std::array argv{engine::Value::from_i32(c.in_ptr), engine::Value::from_i32(c.in_len)};
   watchdog_->arm(c.deadline);
   auto r = c.inst.inst->call(c.func, argv);
-  watchdog_->disarm();
+  disarm_watchdog();
   if (r.ok() && c.state == Call::State::Unwinding) {
     auto st = c.inst.inst->call("asyncify_stop_unwind", {});
     if (!st.ok()) {

@@ -113,6 +113,7 @@ class SkillRuntime {
   void suspend(Call& c);
   void resume(Call& c);
   Status add_instance(Skill& s);
+  void disarm_watchdog();
   uint64_t start_call(std::string_view skill, std::string input, InputView view, const CallOptions& opts, CallDone done);
 
   uv_loop_t* loop_;

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstring>
 #include <future>
 
 #include "host_impl.h"
@@ -391,6 +392,10 @@ void HostImpl::stop_all(std::chrono::milliseconds grace) {
     for (auto& [n, e] : extensions_) all.push_back(e);
   }
   if (all.empty()) return;
+  if (on_loop_thread()) {  // from a callback: start the stops, cannot wait for them here
+    for (auto& e : all) stop_extension(e, grace, [] {});
+    return;
+  }
   auto left = std::make_shared<std::atomic<size_t>>(all.size());
   auto gone = std::make_shared<std::promise<void>>();
   post([this, all, grace, left, gone] {
@@ -517,6 +522,14 @@ CallId Extension::call_async(std::string_view skill, const Payload& input, const
   req.timeout_us = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(timeout).count());
   req.target = std::string(skill);
   req.method = opts.func;
+  const size_t auto_min = host->opts.auto_share_min_bytes;
+  if (!input.shared() && auto_min && input.bytes().size() >= auto_min) {
+    auto buf = allocate(input.bytes().size());
+    if (buf.ok()) {
+      std::memcpy(buf->data().data(), input.bytes().data(), input.bytes().size());
+      return call_async(skill, Payload(*buf), opts, std::move(done));
+    }
+  }
   if (input.shared()) {
     auto ref = share(input);
     if (!ref.ok()) {

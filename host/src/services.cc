@@ -200,12 +200,15 @@ void HostImpl::end_services(ExtensionState& e, uint64_t parent) {
   auto open = std::move(it->second);
   e.services.erase(it);
   for (auto& s : open) {
+    // Claim the answer first: cancelling a child runs its `done`, which would reply
+    // (and, the chain being cancelled, send nothing) before we could.
+    const bool must_answer = !s->replied.exchange(true);
     s->cancelled = true;
     for (auto& [w, id] : s->children) {
       if (auto t = w.lock()) cancel_call(t, id);  // recursive: ends that call's own services
     }
     // The skill that asked is gone, but its extension still holds the request open.
-    if (!s->replied.exchange(true) && e.channel) {
+    if (must_answer && e.channel) {
       proto::Response resp;
       resp.id = s->id;
       resp.code = Code::Cancelled;

@@ -68,6 +68,10 @@ struct HostOptions {
   std::string log_level = "info";
   uint32_t max_frame_bytes = 64u << 20;  // larger frames are refused (ResourceExhausted)
   bool use_zygote = true;                // fork extensions from a pre-loaded process
+  // Inline inputs at least this large are moved into a shared buffer of the extension's
+  // pool before sending (one copy here instead of a trip through the socket; never
+  // limited by max_frame_bytes). 0: always send inline.
+  size_t auto_share_min_bytes = 1u << 20;
   uint32_t max_chain_depth = 16;         // nested skill calls per chain (host -> A -> host -> B ...)
   uint32_t service_threads = 4;          // workers for blocking services
 };

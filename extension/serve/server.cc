@@ -43,6 +43,8 @@ class Server {
  public:
   explicit Server(const ServeOptions& o) : opts_(o) {
     uv_loop_init(&loop_);
+    uv_timer_init(&loop_, &gone_timer_);
+    gone_timer_.data = this;
     runtime_ = std::make_unique<runtime::SkillRuntime>(&loop_);
     channel_ = proto::make_channel(o.encoding, proto::Role::Extension, &loop_, o.fd, o.max_frame_bytes);
     if (o.side_fd >= 0) {
@@ -76,7 +78,9 @@ class Server {
                      [this](const Error& e) {
                        spdlog::debug("channel closed: {}", e.to_string());
                        host_gone_ = true;
-                       shutdown_now();
+                       // Not here: this can run inside a skill's import (a failed send
+                       // while wasm is on the stack). Shut down on the next loop turn.
+                       uv_timer_start(&gone_timer_, [](uv_timer_t* t) { static_cast<Server*>(t->data)->shutdown_now(); }, 0, 0);
                      }});
     auto logger = std::make_shared<spdlog::logger>(opts_.name, std::make_shared<ChannelSink>(this));
     logger->set_level(spdlog::get_level());
@@ -259,6 +263,7 @@ class Server {
     spdlog::set_default_logger(spdlog::null_logger_st("off"));
     stop_side();
     channel_->close();
+    uv_close(reinterpret_cast<uv_handle_t*>(&gone_timer_), nullptr);
     uv_stop(&loop_);
   }
 
@@ -283,6 +288,7 @@ class Server {
   std::unordered_map<uint64_t, runtime::ServiceReply> host_calls_;
   uint64_t next_host_call_ = 1;
   std::unique_ptr<uv_timer_t> drain_timer_;
+  uv_timer_t gone_timer_{};  // defers shutdown after the host went away
   shm::FdChannel side_;
   shm::Registry shm_;  // buffers the host shared with us (sealed: we cannot write them)
   std::unique_ptr<uv_poll_t> side_poll_;

@@ -12,6 +12,12 @@ Result<Encoding> parse_encoding(std::string_view s) {
   return make_error(Code::InvalidArgument, "unknown transport '" + std::string(s) + "' (msgpack or grpc)");
 }
 
+void send_response(Channel& channel, const Response& response) {
+  Status st = channel.send(response);
+  if (st.ok() || st.error().code == Code::Unavailable) return;  // closed: nobody to tell
+  (void)channel.send(make_response(response.id, make_error(st.error().code, "answer not sent: " + st.error().message)));
+}
+
 std::unique_ptr<Channel> make_channel(Encoding enc, Role role, uv_loop_t* loop, int fd, uint32_t max_frame) {
   if (enc == Encoding::Grpc) return make_grpc_channel(role, loop, fd, max_frame);
   return make_msgpack_channel(loop, fd, max_frame);

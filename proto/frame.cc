@@ -59,4 +59,22 @@ Status validate(const Frame& f) {
   return ok_status();
 }
 
+Response make_response(uint64_t id, Result<std::string> r) {
+  Response resp;
+  resp.id = id;
+  if (r.ok()) {
+    resp.payload = std::move(r.value());
+  } else {
+    resp.code = r.error().code;
+    resp.trap = r.error().trap;
+    resp.error = r.error().message;
+  }
+  return resp;
+}
+
+Result<std::string> result_of(Response&& r) {
+  if (r.code == Code::Ok) return std::move(r.payload);
+  return make_error(r.code, std::move(r.error), r.trap);
+}
+
 }  // namespace airlock::proto

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <optional>
 
+#include "airlock/loop_timer.h"
 #include "runtime/skill_runtime.h"
 #include "runtime/wasm_info.h"
 
@@ -42,14 +43,7 @@ struct SkillRuntime::Skill {
   std::string stdout_line, stderr_line;  // partial lines written by _initialize
 };
 
-// One timer handle with a callback; uv handles are closed asynchronously, so the
-// handle frees itself in its close callback.
-struct Timer {
-  uv_timer_t handle;
-  std::function<void()> fn;
-  static Timer* start(uv_loop_t* loop, uint64_t ms, std::function<void()> fn);
-  static void stop(Timer*& t);  // safe on nullptr; sets t to nullptr
-};
+using Timer = LoopTimer;
 
 struct SkillRuntime::Call {
   enum class State : uint8_t { Running, Unwinding, Suspended, Rewinding };

@@ -24,23 +24,6 @@ constexpr uint32_t kNearMaxPages = 32;  // 2 MiB
 constexpr size_t kReclaimBytes = 16u << 20;  // dropping a memory this large triggers a GC
 }  // namespace
 
-Timer* Timer::start(uv_loop_t* loop, uint64_t ms, std::function<void()> fn) {
-  auto* t = new Timer{};
-  t->fn = std::move(fn);
-  uv_timer_init(loop, &t->handle);
-  t->handle.data = t;
-  uv_update_time(loop);  // the loop's cached "now" may be a whole wasm call old
-  uv_timer_start(&t->handle, [](uv_timer_t* h) { static_cast<Timer*>(h->data)->fn(); }, ms, 0);
-  return t;
-}
-
-void Timer::stop(Timer*& t) {
-  if (!t) return;
-  uv_timer_stop(&t->handle);
-  uv_close(reinterpret_cast<uv_handle_t*>(&t->handle), [](uv_handle_t* h) { delete static_cast<Timer*>(h->data); });
-  t = nullptr;
-}
-
 Binding& binding_of(engine::Caller& caller) { return *static_cast<Binding*>(caller.instance().user_data); }
 
 SkillRuntime::SkillRuntime(uv_loop_t* loop, engine::EngineConfig config)

@@ -116,23 +116,9 @@ class Server {
   }
 
   void reply(uint64_t id, Result<std::string> r) {
-    proto::Response resp;
-    resp.id = id;
-    if (r.ok()) {
-      if (!share_output(r.value(), resp)) resp.payload = std::move(r.value());
-    } else {
-      resp.code = r.error().code;
-      resp.trap = r.error().trap;
-      resp.error = r.error().message;
-    }
-    if (auto st = channel_->send(resp); !st.ok() && st.error().code == Code::ResourceExhausted) {
-      // The answer itself is too large for a frame: say so instead of going silent.
-      proto::Response small;
-      small.id = id;
-      small.code = Code::ResourceExhausted;
-      small.error = "response too large: " + st.error().message;
-      (void)channel_->send(small);
-    }
+    proto::Response resp = proto::make_response(id, std::move(r));
+    if (resp.code == Code::Ok && share_output(resp.payload, resp)) resp.payload.clear();
+    proto::send_response(*channel_, resp);
   }
 
   void on_frame(Frame&& f) {
@@ -196,11 +182,7 @@ class Server {
     if (it == host_calls_.end()) return;  // the skill's call was cancelled meanwhile
     auto done = std::move(it->second);
     host_calls_.erase(it);
-    if (r.code == Code::Ok) {
-      done(std::move(r.payload));
-    } else {
-      done(make_error(r.code, std::move(r.error), r.trap));
-    }
+    done(proto::result_of(std::move(r)));
   }
 
   void handle(proto::Cancel&& c) {

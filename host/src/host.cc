@@ -15,26 +15,6 @@ std::string_view to_string(Transport t) { return t == Transport::Grpc ? "grpc" :
 namespace detail {
 namespace {
 
-// A one-shot timer whose handle frees itself once closed.
-struct LoopTimer {
-  uv_timer_t handle;
-  std::function<void()> fn;
-};
-uv_timer_t* start_timer(uv_loop_t* loop, uint64_t ms, std::function<void()> fn) {
-  auto* t = new LoopTimer{{}, std::move(fn)};
-  uv_timer_init(loop, &t->handle);
-  t->handle.data = t;
-  uv_update_time(loop);
-  uv_timer_start(&t->handle, [](uv_timer_t* h) { static_cast<LoopTimer*>(h->data)->fn(); }, ms, 0);
-  return &t->handle;
-}
-void stop_timer(uv_timer_t*& h) {
-  if (!h) return;
-  uv_timer_stop(h);
-  uv_close(reinterpret_cast<uv_handle_t*>(h), [](uv_handle_t* x) { delete static_cast<LoopTimer*>(x->data); });
-  h = nullptr;
-}
-
 std::string ext_label(const ExtensionState& e) {
   return "extension '" + e.opts.name + "'" + (e.pid ? " (pid " + std::to_string(e.pid.load()) + ")" : "");
 }
@@ -196,13 +176,9 @@ void HostImpl::start_process(const std::shared_ptr<ExtensionState>& e) {
 
 void HostImpl::on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&& f) {
   if (auto* r = std::get_if<proto::Response>(&f)) {
-    if (r->code == Code::Ok && !r->shm_refs.empty()) {
-      complete_pending(*e, r->id, take_shared_output(*e, *r));
-    } else if (r->code == Code::Ok) {
-      complete_pending(*e, r->id, std::move(r->payload));
-    } else {
-      complete_pending(*e, r->id, make_error(r->code, std::move(r->error), r->trap));
-    }
+    uint64_t id = r->id;
+    complete_pending(*e, id, r->code == Code::Ok && !r->shm_refs.empty() ? take_shared_output(*e, *r)
+                                                                        : proto::result_of(std::move(*r)));
   } else if (auto* l = std::get_if<proto::Log>(&f)) {
     spdlog::log(static_cast<spdlog::level::level_enum>(std::min<int>(l->level, 6)), "[ext {}] {}", e->opts.name,
                 l->message);
@@ -227,7 +203,7 @@ void HostImpl::complete_pending(ExtensionState& e, uint64_t id, CallResult r) {
   if (it == e.pending.end()) return;  // answered, timed out or cancelled already
   PendingCall pc = std::move(it->second);
   e.pending.erase(it);
-  stop_timer(pc.timer);
+  LoopTimer::stop(pc.timer);
   end_services(e, id);
   pc.done(std::move(r));
 }
@@ -291,7 +267,7 @@ void HostImpl::on_process_exit(const std::shared_ptr<ExtensionState>& e) {
     e->inbox.clear();
   }
   e->pid = 0;
-  stop_timer(e->kill_timer);
+  LoopTimer::stop(e->kill_timer);
   fail_pending(*e, err);
   if (e->on_ready) std::exchange(e->on_ready, nullptr)(make_error(Code::Unavailable, ext_label(*e) + " " + how + " during start"));
   e->down_reason = how;
@@ -306,8 +282,8 @@ void HostImpl::schedule_restart(const std::shared_ptr<ExtensionState>& e) {
   e->restarts++;
   spdlog::info("restarting extension '{}' in {} ms (restart {} of {})", e->opts.name, e->backoff.count(), e->restarts,
                p.max_restarts);
-  e->restart_timer = start_timer(&loop_, static_cast<uint64_t>(e->backoff.count()), [this, e] {
-    stop_timer(e->restart_timer);
+  e->restart_timer = LoopTimer::start(&loop_, static_cast<uint64_t>(e->backoff.count()), [this, e] {
+    LoopTimer::stop(e->restart_timer);
     if (e->stopping) return;
     start_process(e);
   });
@@ -346,7 +322,7 @@ void HostImpl::send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, 
   if (info.deadline == Deadline{}) info.deadline = std::chrono::steady_clock::now() + timeout;
   PendingCall pc{std::move(done), nullptr, std::move(info)};
   std::weak_ptr<ExtensionState> weak = e;
-  pc.timer = start_timer(&loop_, static_cast<uint64_t>(timeout.count()), [this, weak, id, timeout] {
+  pc.timer = LoopTimer::start(&loop_, static_cast<uint64_t>(timeout.count()), [this, weak, id, timeout] {
     auto s = weak.lock();
     if (!s || !s->pending.count(id)) return;
     if (s->channel) (void)s->channel->send(proto::Cancel{id});
@@ -367,19 +343,19 @@ void HostImpl::cancel_call(const std::shared_ptr<ExtensionState>& e, uint64_t id
 void HostImpl::stop_extension(const std::shared_ptr<ExtensionState>& e, std::chrono::milliseconds grace,
                               std::function<void()> done) {
   e->stopping = true;
-  stop_timer(e->restart_timer);
+  LoopTimer::stop(e->restart_timer);
   if (e->proc.pid <= 0) return done();
   e->on_exit.push_back(std::move(done));
   if (e->kill_timer) return;  // already stopping
   if (e->channel) (void)e->channel->send(proto::Shutdown{static_cast<uint32_t>(grace.count())});
   pid_t pid = e->proc.pid;
   // Grace, then SIGTERM, then SIGKILL 500 ms later. on_process_exit stops the timers.
-  e->kill_timer = start_timer(&loop_, static_cast<uint64_t>(grace.count()) + 100, [this, e, pid] {
-    stop_timer(e->kill_timer);
+  e->kill_timer = LoopTimer::start(&loop_, static_cast<uint64_t>(grace.count()) + 100, [this, e, pid] {
+    LoopTimer::stop(e->kill_timer);
     if (e->proc.pid != pid) return;
     kill(pid, SIGTERM);
-    e->kill_timer = start_timer(&loop_, 500, [e, pid] {
-      stop_timer(e->kill_timer);
+    e->kill_timer = LoopTimer::start(&loop_, 500, [e, pid] {
+      LoopTimer::stop(e->kill_timer);
       if (e->proc.pid == pid) kill(pid, SIGKILL);
     });
   });
@@ -497,18 +473,15 @@ Status Extension::unload_skill(const std::string& skill) {
 }
 
 std::vector<std::string> Extension::skills() const {
-  auto p = std::make_shared<std::promise<std::vector<std::string>>>();
   auto s = s_;
-  if (s->host->on_loop_thread()) {
+  auto names = [s] {  // [loop]
     std::vector<std::string> v;
     for (auto& [n, x] : s->skills) v.push_back(n);
     return v;
-  }
-  s->host->post([s, p] {
-    std::vector<std::string> v;
-    for (auto& [n, x] : s->skills) v.push_back(n);
-    p->set_value(std::move(v));
-  });
+  };
+  if (s->host->on_loop_thread()) return names();
+  auto p = std::make_shared<std::promise<std::vector<std::string>>>();
+  s->host->post([p, names] { p->set_value(names()); });
   return p->get_future().get();
 }
 

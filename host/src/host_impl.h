@@ -15,6 +15,7 @@
 
 #include "airlock/channel.h"
 #include "airlock/host.h"
+#include "airlock/loop_timer.h"
 #include "airlock/shm/fd_channel.h"
 #include "airlock/shm/pool.h"
 #include "airlock/shm/registry.h"
@@ -44,7 +45,7 @@ struct ChainInfo {
 
 struct PendingCall {
   Done done;
-  uv_timer_t* timer = nullptr;  // host-side deadline (backstop to the extension's own)
+  LoopTimer* timer = nullptr;  // host-side deadline (backstop to the extension's own)
   ChainInfo info;
 };
 
@@ -102,8 +103,8 @@ class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
   std::vector<std::function<void()>> on_exit;  // stop() waiters
   std::string down_reason;                     // why the last process ended
   std::string disconnect_reason;               // set when we cut the peer off (bad frame)
-  uv_timer_t* kill_timer = nullptr;
-  uv_timer_t* restart_timer = nullptr;
+  LoopTimer* kill_timer = nullptr;
+  LoopTimer* restart_timer = nullptr;
 
   // Shared memory. The pool and the exporter outlive restarts (the exporter forgets what
   // the dead process was sent); the side channel is per process. Any thread.

@@ -55,15 +55,19 @@ Result<ChildProcess> spawn_child(const std::vector<std::string>& argv, const std
     errno = rc;
     return make_error(rc == ENOENT ? Code::NotFound : Code::Internal, errno_text(("cannot start " + argv[0]).c_str()));
   }
-  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  return watch_child(pid, sv[0]);
+}
+
+Result<ChildProcess> watch_child(pid_t pid, int host_fd) {
+  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));  // close-on-exec by itself
   if (pidfd < 0) {
+    std::string why = errno_text("pidfd_open");
     kill(pid, SIGKILL);
     waitpid(pid, nullptr, 0);
-    close(sv[0]);
-    return make_error(Code::Internal, errno_text("pidfd_open"));
+    close(host_fd);
+    return make_error(Code::Internal, why);
   }
-  fcntl(pidfd, F_SETFD, FD_CLOEXEC);
-  return ChildProcess{pid, pidfd, sv[0]};
+  return ChildProcess{pid, pidfd, host_fd};
 }
 
 int try_reap(pid_t pid) {

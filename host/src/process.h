@@ -23,6 +23,10 @@ struct ChildProcess {
 Result<ChildProcess> spawn_child(const std::vector<std::string>& argv, const std::vector<std::string>& env,
                                  int side_fd);
 
+// Supervises a child we just started: a pidfd that becomes readable when it exits. On
+// failure the child is killed and reaped and host_fd closed.
+Result<ChildProcess> watch_child(pid_t pid, int host_fd);
+
 // Reaps the process if it has exited; returns the wait status or -1 if still running.
 int try_reap(pid_t pid);
 // "exited with status 3", "was killed by signal 9 (Killed)".

@@ -74,11 +74,8 @@ void HostImpl::on_service_request(const std::shared_ptr<ExtensionState>& e, prot
   if (parent == e->pending.end()) {
     // The call this request belongs to has ended (cancelled, timed out): nobody waits.
     s->replied = true;
-    proto::Response resp;
-    resp.id = r.id;
-    resp.code = Code::Cancelled;
-    resp.error = "the call that made this request has ended";
-    (void)e->channel->send(resp);
+    proto::send_response(*e->channel,
+                         proto::make_response(r.id, make_error(Code::Cancelled, "the call that made this request has ended")));
     return;
   }
   const ChainInfo& pi = parent->second.info;
@@ -136,22 +133,7 @@ void HostImpl::reply_service(const std::shared_ptr<ServiceCallState>& s, CallRes
   list.erase(std::remove(list.begin(), list.end(), s), list.end());
   if (list.empty()) s->ext->services.erase(s->parent);
   if (s->cancelled || !s->ext->channel) return;
-  proto::Response resp;
-  resp.id = s->id;
-  if (r.ok()) {
-    resp.payload = std::move(r.value());
-  } else {
-    resp.code = r.error().code;
-    resp.trap = r.error().trap;
-    resp.error = r.error().message;
-  }
-  if (auto st = s->ext->channel->send(resp); !st.ok()) {
-    proto::Response small;
-    small.id = s->id;
-    small.code = st.error().code;
-    small.error = "service reply could not be sent: " + st.error().message;
-    (void)s->ext->channel->send(small);
-  }
+  proto::send_response(*s->ext->channel, proto::make_response(s->id, std::move(r)));
 }
 
 void HostImpl::nested_call(const std::shared_ptr<ServiceCallState>& s, std::string ext, std::string skill,
@@ -209,11 +191,7 @@ void HostImpl::end_services(ExtensionState& e, uint64_t parent) {
     }
     // The skill that asked is gone, but its extension still holds the request open.
     if (must_answer && e.channel) {
-      proto::Response resp;
-      resp.id = s->id;
-      resp.code = Code::Cancelled;
-      resp.error = "the chain " + s->info.chain + " ended";
-      (void)e.channel->send(resp);
+      proto::send_response(*e.channel, proto::make_response(s->id, make_error(Code::Cancelled, "the chain " + s->info.chain + " ended")));
     }
   }
 }

@@ -5,7 +5,6 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -90,15 +89,7 @@ Result<ChildProcess> Zygote::spawn(const std::vector<std::string>& argv, const s
     stop();  // a broken zygote is replaced on the next spawn
     return make_error(Code::Unavailable, "zygote did not fork (" + std::to_string(pid) + ")");
   }
-  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
-  if (pidfd < 0) {
-    kill(pid, SIGKILL);
-    waitpid(pid, nullptr, 0);
-    close(sv[0]);
-    return make_error(Code::Internal, std::string("pidfd_open: ") + strerror(errno));
-  }
-  fcntl(pidfd, F_SETFD, FD_CLOEXEC);
-  return ChildProcess{pid, pidfd, sv[0]};
+  return watch_child(pid, sv[0]);
 }
 
 }  // namespace airlock::detail

@@ -44,6 +44,10 @@ class Channel {
   virtual Encoding encoding() const = 0;
 };
 
+// Sends an answer; if the channel refuses it (too large for a frame), sends a small
+// Response with the reason instead, so the requester is never left waiting.
+void send_response(Channel& channel, const Response& response);
+
 // Takes ownership of `fd` (a connected AF_UNIX stream socket).
 std::unique_ptr<Channel> make_channel(Encoding enc, Role role, uv_loop_t* loop, int fd,
                                       uint32_t max_frame = kDefaultMaxFrameBytes);

@@ -109,6 +109,10 @@ using Frame =
 
 std::string_view frame_name(const Frame& f);  // "Request", "Response", ...
 
+// The Response answering request `id` with `r`, and back: one mapping for both sides.
+Response make_response(uint64_t id, Result<std::string> r);
+Result<std::string> result_of(Response&& r);  // payload or error; shm_refs are the caller's
+
 // Bytes carried in the frame's string fields: a lower bound of its size in either
 // encoding, cheap enough to refuse an oversized frame before encoding it.
 uint64_t inline_bytes(const Frame& f);

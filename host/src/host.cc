@@ -234,7 +234,10 @@ void HostImpl::on_channel_closed(const std::shared_ptr<ExtensionState>& e, const
   if (err.code != Code::Unavailable) {
     spdlog::error("{}: disconnected: {}", ext_label(*e), err.to_string());
     e->disconnect_reason = err.message;
+    // Calls made before the exit is reaped must see why, not a bare "channel closed".
+    e->down_reason = "was disconnected (" + err.message + ")";
     fail_pending(*e, make_error(Code::Unavailable, ext_label(*e) + " was disconnected: " + err.message));
+    e->channel.reset();  // closed already; channels may be destroyed inside on_closed
     if (e->proc.pid > 0) kill(e->proc.pid, SIGKILL);
   }
   e->ready = false;

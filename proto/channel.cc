@@ -18,9 +18,15 @@ void send_response(Channel& channel, const Response& response) {
   (void)channel.send(make_response(response.id, make_error(st.error().code, "answer not sent: " + st.error().message)));
 }
 
-std::unique_ptr<Channel> make_channel(Encoding enc, Role role, uv_loop_t* loop, int fd, uint32_t max_frame) {
-  if (enc == Encoding::Grpc) return make_grpc_channel(role, loop, fd, max_frame);
-  return make_msgpack_channel(loop, fd, max_frame);
+std::unique_ptr<Channel> make_channel(Encoding enc, Role role, uv_loop_t* loop, int fd, uint32_t max_frame,
+                                      size_t max_queued) {
+  if (enc == Encoding::Grpc) return make_grpc_channel(role, loop, fd, max_frame, max_queued);
+  return make_msgpack_channel(loop, fd, max_frame, max_queued);
+}
+
+Error queue_full_error(size_t queued, size_t max_queued) {
+  return make_error(Code::ResourceExhausted, std::to_string(queued) + " bytes already wait for the peer to read them (limit " +
+                                                 std::to_string(max_queued) + "): it is not keeping up");
 }
 
 }  // namespace airlock::proto

@@ -80,7 +80,8 @@ struct LoopHandles {
 
 class GrpcChannel final : public Channel {
  public:
-  GrpcChannel(Role role, uv_loop_t* loop, int fd, uint32_t max_frame) : role_(role), max_frame_(max_frame) {
+  GrpcChannel(Role role, uv_loop_t* loop, int fd, uint32_t max_frame, size_t max_queued)
+      : role_(role), max_frame_(max_frame), max_queued_(max_queued) {
     h_ = new LoopHandles;
     h_->owner = this;
     uv_async_init(loop, &h_->async, [](uv_async_t* a) {
@@ -164,8 +165,11 @@ class GrpcChannel final : public Channel {
     if (!h_ || fail_at_start_) return make_error(Code::Unavailable, "channel closed");
     v1::Frame msg;
     if (Status s = encode_proto(f, &msg, max_frame_); !s.ok()) return s;
+    const size_t size = msg.ByteSizeLong();
     std::unique_lock l(mu_);
     if (read_over_ || write_failed_) return make_error(Code::Unavailable, "gRPC session ended");
+    if (outbox_bytes_ > 0 && outbox_bytes_ + size > max_queued_) return queue_full_error(outbox_bytes_, max_queued_);
+    outbox_bytes_ += size;
     outbox_.push_back(std::move(msg));
     issue(pump(), l);  // writes it now (usually inline, on this thread) unless a write is in flight
     return ok_status();
@@ -180,6 +184,7 @@ class GrpcChannel final : public Channel {
         closed_ = true;
         inbox_.clear();
         outbox_.clear();
+        outbox_bytes_ = 0;
         if (role_ == Role::Host) cctx_->TryCancel();  // local: ends the call even if the peer is stuck
         issue(pump(), l);  // server: Finish, unless the write in flight will
       }
@@ -210,6 +215,10 @@ class GrpcChannel final : public Channel {
   }
 
   Encoding encoding() const override { return Encoding::Grpc; }
+  size_t queued_bytes() const override {
+    std::lock_guard l(mu_);
+    return outbox_bytes_;
+  }
 
  private:
   // ---------------------------------------------------------------- CQ thread
@@ -270,6 +279,7 @@ class GrpcChannel final : public Channel {
     if (!ok) {  // the stream is broken; the read side reports why
       write_failed_ = true;
       outbox_.clear();
+      outbox_bytes_ = 0;
     }
     issue(pump(), l);
   }
@@ -306,6 +316,7 @@ class GrpcChannel final : public Channel {
     if (ready_ && !writing_ && !write_failed_ && !closed_ && !read_over_ && !outbox_.empty()) {
       current_ = std::move(outbox_.front());
       outbox_.pop_front();
+      outbox_bytes_ -= std::min(outbox_bytes_, current_.ByteSizeLong());
       writing_ = true;
       ops.write = &current_;
     }
@@ -439,6 +450,7 @@ class GrpcChannel final : public Channel {
 
   const Role role_;
   const uint32_t max_frame_;
+  const size_t max_queued_;
   // Loop thread only.
   bool open_ = true;
   bool started_ = false;
@@ -463,7 +475,7 @@ class GrpcChannel final : public Channel {
   v1::Frame in_;  // CQ thread: the read in flight
 
   // Shared by the loop and the CQ thread.
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::vector<Result<Frame>> inbox_;  // decoded frames; an error, if any, is last
   bool error_queued_ = false;
   bool wake_ = false;  // deliver() queued into an empty inbox: issue() wakes the loop
@@ -482,12 +494,13 @@ class GrpcChannel final : public Channel {
   grpc::Status finish_status_;  // server: what Finish sends; client: what it received
   v1::Frame current_;
   std::deque<v1::Frame> outbox_;
+  size_t outbox_bytes_ = 0;  // ByteSizeLong of what outbox_ holds
 };
 
 }  // namespace
 
-std::unique_ptr<Channel> make_grpc_channel(Role role, uv_loop_t* loop, int fd, uint32_t max_frame) {
-  return std::make_unique<GrpcChannel>(role, loop, fd, max_frame);
+std::unique_ptr<Channel> make_grpc_channel(Role role, uv_loop_t* loop, int fd, uint32_t max_frame, size_t max_queued) {
+  return std::make_unique<GrpcChannel>(role, loop, fd, max_frame, max_queued);
 }
 
 }  // namespace airlock::proto

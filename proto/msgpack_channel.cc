@@ -27,7 +27,8 @@ struct PipeState {
 
 class MsgpackChannel final : public Channel {
  public:
-  MsgpackChannel(uv_loop_t* loop, int fd, uint32_t max_frame) : max_frame_(max_frame) {
+  MsgpackChannel(uv_loop_t* loop, int fd, uint32_t max_frame, size_t max_queued)
+      : max_frame_(max_frame), max_queued_(max_queued) {
     st_ = new PipeState(max_frame);
     st_->owner = this;
     uv_pipe_init(loop, &st_->pipe, 0);
@@ -57,6 +58,7 @@ class MsgpackChannel final : public Channel {
 
   Status send(const Frame& f) override {
     if (!open_) return make_error(Code::Unavailable, "channel closed");
+    if (const size_t q = queued_bytes(); q > 0 && q + inline_bytes(f) > max_queued_) return queue_full_error(q, max_queued_);
     size_t before = st_->queued.size();
     if (auto s = encode_msgpack(f, st_->queued, max_frame_); !s.ok()) {
       st_->queued.resize(before);
@@ -75,6 +77,7 @@ class MsgpackChannel final : public Channel {
   }
 
   Encoding encoding() const override { return Encoding::Msgpack; }
+  size_t queued_bytes() const override { return st_ ? st_->queued.size() + st_->writing.size() : 0; }
 
   void on_read(ssize_t n, const uv_buf_t* buf) {
     if (n < 0) {
@@ -141,6 +144,7 @@ class MsgpackChannel final : public Channel {
   }
 
   uint32_t max_frame_;
+  size_t max_queued_;
   PipeState* st_ = nullptr;
   bool open_ = true;
   ChannelCallbacks cb_;
@@ -149,8 +153,8 @@ class MsgpackChannel final : public Channel {
 
 }  // namespace
 
-std::unique_ptr<Channel> make_msgpack_channel(uv_loop_t* loop, int fd, uint32_t max_frame) {
-  return std::make_unique<MsgpackChannel>(loop, fd, max_frame);
+std::unique_ptr<Channel> make_msgpack_channel(uv_loop_t* loop, int fd, uint32_t max_frame, size_t max_queued) {
+  return std::make_unique<MsgpackChannel>(loop, fd, max_frame, max_queued);
 }
 
 }  // namespace airlock::proto

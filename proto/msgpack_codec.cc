@@ -128,9 +128,10 @@ class Writer {
     u(s.grace_ms);
   }
   void operator()(const Log& l) {
-    begin(kTagLog, 2);
+    begin(kTagLog, 3);
     u(l.level);
     str(l.message);
+    str(l.skill);
   }
 
  private:
@@ -266,7 +267,7 @@ Result<Frame> from_object(const msgpack::object& o) {
   }
   const uint64_t tag = a.ptr[0].via.u64;
   // Field count per tag (without the tag itself); index 0 unused.
-  static constexpr uint32_t kFields[] = {0, 7, 6, 1, 6, 2, 3, 1, 1, 2};
+  static constexpr uint32_t kFields[] = {0, 7, 6, 1, 6, 2, 3, 1, 1, 3};
   if (tag == 0 || tag >= std::size(kFields))
     return malformed("unknown frame tag " + std::to_string(tag));
   if (a.size != kFields[tag] + 1) {
@@ -348,6 +349,7 @@ Result<Frame> from_object(const msgpack::object& o) {
       Fields f(a, "Log");
       f.u(l.level, "level");
       f.str(l.message, "message");
+      f.str(l.skill, "skill");
       return f.finish(std::move(l));
     }
   }

@@ -104,6 +104,7 @@ struct ToProto {
     v1::Log* p = m->mutable_log();
     p->set_level(l.level);
     p->set_message(l.message);
+    p->set_skill(l.skill);
   }
 };
 
@@ -161,7 +162,7 @@ Result<Frame> convert(const v1::Frame& m) {
       const v1::Log& p = m.log();
       if (p.level() > kMaxLogLevel)
         return invalid("Log.level out of range: " + std::to_string(p.level()));
-      return Frame(Log{static_cast<uint8_t>(p.level()), p.message()});
+      return Frame(Log{static_cast<uint8_t>(p.level()), p.message(), p.skill()});
     }
     case v1::Frame::KIND_NOT_SET: break;
   }

@@ -159,9 +159,9 @@ void ReadOnlyMapping::unmap() {
   base_ = nullptr;
 }
 
-Result<ReadOnlyMapping> map_readonly(UniqueFd fd, uint64_t expected_size, SealPolicy policy) {
-  if (!fd.valid()) return make_error(Code::InvalidArgument, "shm: no fd");
-  int seals = ::fcntl(fd.get(), F_GET_SEALS);
+Status verify_sealed(int fd, uint64_t expected_size, SealPolicy policy) {
+  if (fd < 0) return make_error(Code::InvalidArgument, "shm: no fd");
+  int seals = ::fcntl(fd, F_GET_SEALS);
   if (seals < 0)  // EINVAL: not a memfd/shmem file, so it cannot be sealed at all
     return make_error(Code::InvalidArgument, "shm: fd is not a sealable memfd");
   const int write_seal = policy == SealPolicy::kImmutable
@@ -173,12 +173,17 @@ Result<ReadOnlyMapping> map_readonly(UniqueFd fd, uint64_t expected_size, SealPo
                                                  ", needs " + seal_names(required) + ")");
   }
   struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return sys_error(Code::Internal, "fstat memfd");
+  if (::fstat(fd, &st) != 0) return sys_error(Code::Internal, "fstat memfd");
   if (expected_size == 0 || static_cast<uint64_t>(st.st_size) != expected_size) {
     return make_error(Code::InvalidArgument,
                       "shm: buffer is " + std::to_string(st.st_size) + " bytes, announced " +
                           std::to_string(expected_size));
   }
+  return ok_status();
+}
+
+Result<ReadOnlyMapping> map_readonly(UniqueFd fd, uint64_t expected_size, SealPolicy policy) {
+  if (auto st = verify_sealed(fd.get(), expected_size, policy); !st) return st.take_error();
   void* p = ::mmap(nullptr, expected_size, PROT_READ, MAP_SHARED, fd.get(), 0);
   if (p == MAP_FAILED) return sys_error(Code::ResourceExhausted, "mmap received memfd");
   return ReadOnlyMapping(std::move(fd), static_cast<const std::byte*>(p), expected_size);

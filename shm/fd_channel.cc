@@ -185,6 +185,29 @@ Status FdChannel::give_back(uint64_t id, int timeout_ms) {
   return send({}, std::string_view(m, sizeof m), timeout_ms);
 }
 
+Result<SideMessage> parse_side_message(std::string_view bytes, std::vector<UniqueFd> fds) {
+  if (bytes.size() != kSideMessageBytes)
+    return make_error(Code::InvalidArgument, "fd channel: bad message size " +
+                                                 std::to_string(bytes.size()));
+  SideMessage m;
+  const auto kind = static_cast<uint8_t>(bytes[0]);
+  m.id = get_u64(bytes.data() + 8);
+  m.size = get_u64(bytes.data() + 16);
+  if (kind == static_cast<uint8_t>(SideMessage::Kind::kAnnounce) && fds.size() == 1) {
+    m.kind = SideMessage::Kind::kAnnounce;
+    m.fd = std::move(fds[0]);
+  } else if (kind == static_cast<uint8_t>(SideMessage::Kind::kDrop) && fds.empty()) {
+    m.kind = SideMessage::Kind::kDrop;
+  } else if (kind == static_cast<uint8_t>(SideMessage::Kind::kReturn) && fds.empty()) {
+    m.kind = SideMessage::Kind::kReturn;
+  } else {
+    return make_error(Code::InvalidArgument, "fd channel: bad message kind " +
+                                                 std::to_string(kind) + " with " +
+                                                 std::to_string(fds.size()) + " fds");
+  }
+  return m;
+}
+
 Result<std::optional<SideMessage>> FdChannel::try_recv_message() {
   // Room for one more byte and fd than allowed, so oversize shows up as a mismatch
   // rather than only as truncation.
@@ -192,26 +215,9 @@ Result<std::optional<SideMessage>> FdChannel::try_recv_message() {
   if (!r) return r.take_error();
   if (!r->has_value()) return std::optional<SideMessage>();
   Received& in = **r;
-  if (in.bytes.size() != kSideMessageBytes)
-    return make_error(Code::InvalidArgument, "fd channel: bad message size " +
-                                                 std::to_string(in.bytes.size()));
-  SideMessage m;
-  const auto kind = static_cast<uint8_t>(in.bytes[0]);
-  m.id = get_u64(in.bytes.data() + 8);
-  m.size = get_u64(in.bytes.data() + 16);
-  if (kind == static_cast<uint8_t>(SideMessage::Kind::kAnnounce) && in.fds.size() == 1) {
-    m.kind = SideMessage::Kind::kAnnounce;
-    m.fd = std::move(in.fds[0]);
-  } else if (kind == static_cast<uint8_t>(SideMessage::Kind::kDrop) && in.fds.empty()) {
-    m.kind = SideMessage::Kind::kDrop;
-  } else if (kind == static_cast<uint8_t>(SideMessage::Kind::kReturn) && in.fds.empty()) {
-    m.kind = SideMessage::Kind::kReturn;
-  } else {
-    return make_error(Code::InvalidArgument, "fd channel: bad message kind " +
-                                                 std::to_string(kind) + " with " +
-                                                 std::to_string(in.fds.size()) + " fds");
-  }
-  return std::optional<SideMessage>(std::move(m));
+  auto m = parse_side_message(in.bytes, std::move(in.fds));
+  if (!m) return m.take_error();
+  return std::optional<SideMessage>(std::move(*m));
 }
 
 }  // namespace airlock::shm

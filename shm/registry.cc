@@ -13,21 +13,21 @@ std::string id_text(uint64_t id) { return "shm buffer " + std::to_string(id); }
 
 Status Registry::add(uint64_t id, UniqueFd fd, uint64_t size) {
   if (id == 0) return make_error(Code::InvalidArgument, "shm buffer id 0 is reserved");
-  {
-    std::lock_guard lock(mu_);
-    if (entries_.count(id))
-      return make_error(Code::InvalidArgument, id_text(id) + " announced twice");
-    if (entries_.size() >= opts_.max_buffers)
-      return make_error(Code::ResourceExhausted,
-                        "peer holds " + std::to_string(entries_.size()) + " shm buffers already");
+  // Seals and size are checked now, by a throw-away look (map_readonly checks them again
+  // when it maps): a buffer that would be refused is refused when it arrives.
+  if (auto st = verify_sealed(fd.get(), size, opts_.policy); !st) {
+    return make_error(st.error().code, id_text(id) + ": " + st.error().message);
   }
-  // Map outside the lock: verifying and mapping is a few syscalls.
-  auto m = map_readonly(std::move(fd), size, opts_.policy);
-  if (!m) return make_error(m.error().code, id_text(id) + ": " + m.error().message);
   std::lock_guard lock(mu_);
-  if (entries_.count(id))  // raced with another add of the same id
-    return make_error(Code::InvalidArgument, id_text(id) + " announced twice");
-  entries_.emplace(id, std::make_shared<const ReadOnlyMapping>(std::move(*m)));
+  if (entries_.count(id)) return make_error(Code::InvalidArgument, id_text(id) + " announced twice");
+  if (entries_.size() >= opts_.max_buffers) {
+    return make_error(Code::ResourceExhausted, "peer holds " + std::to_string(entries_.size()) + " shm buffers already");
+  }
+  if (size > opts_.max_bytes - bytes_) {
+    return make_error(Code::ResourceExhausted, id_text(id) + " of " + std::to_string(size) + " bytes: the peer would hold more than " +
+                                                   std::to_string(opts_.max_bytes) + " bytes of shm buffers");
+  }
+  entries_.emplace(id, Entry{std::move(fd), size, nullptr});
   bytes_ += size;
   return ok_status();
 }
@@ -55,7 +55,18 @@ Result<View> Registry::resolve(const proto::ShmRef& ref) const {
     auto it = entries_.find(ref.buffer_id);
     if (it == entries_.end())
       return make_error(Code::InvalidArgument, id_text(ref.buffer_id) + " unknown (never passed)");
-    m = it->second;
+    Entry& e = it->second;
+    if (!e.mapping) {
+      auto mapped = map_readonly(std::move(e.fd), e.size, opts_.policy);
+      if (!mapped) {
+        // The fd is gone with the failed attempt: the entry cannot be used again.
+        bytes_ -= e.size;
+        entries_.erase(it);
+        return make_error(mapped.error().code, id_text(ref.buffer_id) + ": " + mapped.error().message);
+      }
+      e.mapping = std::make_shared<const ReadOnlyMapping>(std::move(*mapped));
+    }
+    m = e.mapping;
   }
   // Written so nothing can overflow: offset <= size, then length <= size - offset.
   const uint64_t size = m->size();
@@ -73,18 +84,18 @@ Result<View> Registry::resolve(const proto::ShmRef& ref) const {
 }
 
 Status Registry::release(uint64_t id) {
-  std::shared_ptr<const ReadOnlyMapping> last;  // unmapped after the lock is dropped
+  Entry last;  // unmapped after the lock is dropped
   std::lock_guard lock(mu_);
   auto it = entries_.find(id);
   if (it == entries_.end()) return make_error(Code::NotFound, id_text(id) + " not held");
-  bytes_ -= it->second->size();
+  bytes_ -= it->second.size;
   last = std::move(it->second);
   entries_.erase(it);
   return ok_status();
 }
 
 void Registry::clear() {
-  std::unordered_map<uint64_t, std::shared_ptr<const ReadOnlyMapping>> gone;
+  std::unordered_map<uint64_t, Entry> gone;
   std::lock_guard lock(mu_);
   gone.swap(entries_);
   bytes_ = 0;
@@ -104,7 +115,8 @@ namespace {
 std::atomic<uint64_t> g_next_exporter{1};
 }  // namespace
 
-Exporter::Exporter(FdChannel& channel) : channel_(&channel), token_(g_next_exporter++) {}
+Exporter::Exporter(FdChannel& channel, int timeout_ms)
+    : channel_(&channel), timeout_ms_(timeout_ms), token_(g_next_exporter++) {}
 
 Result<proto::ShmRef> Exporter::share(Buffer& b, uint64_t offset, uint64_t length) {
   if (offset > b.size() || length > b.size() - offset)
@@ -115,7 +127,7 @@ Result<proto::ShmRef> Exporter::share(Buffer& b, uint64_t offset, uint64_t lengt
   if (auto s = b.seal(); !s) return s.take_error();
   std::lock_guard lock(mu_);
   if (!sent_.count(b.id())) {
-    if (auto s = channel_->announce(b.id(), b.fd(), b.size()); !s) return s.take_error();
+    if (auto s = channel_->announce(b.id(), b.fd(), b.size(), timeout_ms_); !s) return s.take_error();
     sent_.insert(b.id());
     if (b.peer() != Buffer::kAnyPeer) b.set_peer(token_);
   }
@@ -125,7 +137,7 @@ Result<proto::ShmRef> Exporter::share(Buffer& b, uint64_t offset, uint64_t lengt
 Status Exporter::drop(uint64_t id) {
   std::lock_guard lock(mu_);
   if (sent_.erase(id) == 0) return ok_status();
-  return channel_->drop(id);
+  return channel_->drop(id, timeout_ms_);
 }
 
 void Exporter::forget_all() {

@@ -182,7 +182,7 @@ TEST_P(ChannelTest, EveryFrameKindCrosses) {
   open_pair();
   const std::vector<Frame> to_ext = {Cancel{5}, LoadSkill{6, "s", "\0asm", "", 16, 100}, UnloadSkill{7, "s"},
                                      Health{8}, Shutdown{250}};
-  const std::vector<Frame> to_host = {Ready{kProtocolVersion, 1234, "ext"}, Log{3, "a log line"}};
+  const std::vector<Frame> to_host = {Ready{kProtocolVersion, 1234, "ext"}, Log{3, "a log line", "skill"}};
   for (const Frame& f : to_ext) ASSERT_TRUE(host_.ch->send(f).ok()) << frame_name(f);
   for (const Frame& f : to_host) ASSERT_TRUE(ext_.ch->send(f).ok()) << frame_name(f);
   ASSERT_TRUE(run_until([&] { return ext_.frames.size() == to_ext.size() && host_.frames.size() == to_host.size(); }));

@@ -35,7 +35,7 @@ std::vector<Frame> sample_frames() {
       Ready{3, -5, "ext-a"},
       Health{99},
       Shutdown{2500},
-      Log{5, "critical: \xff\xfe not utf-8"},
+      Log{5, "critical: \xff\xfe not utf-8", "a-skill"},
   };
   // clang-format on
 }
@@ -125,7 +125,7 @@ TEST(Frame, NamesAndValidation) {
   }
   EXPECT_EQ(validate(bad_response(11)).error().code, Code::InvalidArgument);
   EXPECT_EQ(validate(bad_response(3, 9)).error().code, Code::InvalidArgument);
-  EXPECT_EQ(validate(Log{7, "x"}).error().code, Code::InvalidArgument);
+  EXPECT_EQ(validate(Log{7, "x", ""}).error().code, Code::InvalidArgument);
   Request many;
   many.shm_refs.resize(kMaxShmRefs + 1);
   EXPECT_EQ(validate(many).error().code, Code::InvalidArgument);
@@ -355,7 +355,7 @@ TEST(Msgpack, MalformedInputIsAnError) {
       {"code out of range", response(11, 0).arr(0).b, "code out of range"},
       {"code > 255", response(256, 0).arr(0).b, "Response.code"},
       {"trap out of range", response(3, 9).arr(0).b, "trap out of range"},
-      {"log level", Mp{}.arr(3).u(9).u(7).str("m").b, "level out of range"},
+      {"log level", Mp{}.arr(4).u(9).u(7).str("m").str("s").b, "level out of range"},
       {"uint32 overflow", Mp{}.arr(2).u(8).u(1ull << 32).b, "grace_ms: value 4294967296 out of"},
       {"pid overflow", Mp{}.arr(4).u(6).u(1).u(1ull << 31).str("n").b, "Ready.pid"},
       {"pid underflow", Mp{}.arr(4).u(6).u(1).neg(-(1ll << 31) - 1).str("n").b, "Ready.pid"},

@@ -2,14 +2,12 @@
 // not yet initialised, so no threads) that forks new extensions on request. Forking
 // skips exec and dynamic loading, the bulk of an extension's start-up.
 //
-// Protocol on the inherited SOCK_SEQPACKET socket (fd 3), one message per request:
-//   host -> zygote: argv of `airlock-extension` as NUL-separated strings, then "\0\0",
-//                   then the environment the same way; SCM_RIGHTS: the new extension's
-//                   end of its socketpair (becomes fd 3) and of its shared-memory side
-//                   channel (fd 4).
-//   zygote -> host: int32 pid of the new extension (or -errno).
-// The child is created with clone(CLONE_PARENT): its parent is the host, which reaps and
-// supervises it exactly like an exec'ed extension.
+// Protocol: proto/include/airlock/zygote_wire.h (a versioned hello, then one request
+// and one reply per spawn; the reply carries the child's pidfd, never a pid number).
+// The child is created with clone(CLONE_PARENT | CLONE_PIDFD), already holding its
+// channel at fd 3: its parent is the host, which proves the pidfd names its own child
+// holding that socket, sends the go-ahead byte, then supervises it through the pidfd
+// exactly like an exec'ed extension.
 #pragma once
 
 #include <functional>

@@ -70,7 +70,7 @@ class Server {
   int run() {
     runtime_->set_log_sink([this](int level, std::string_view skill, std::string_view line) {
       if (level < static_cast<int>(spdlog::get_level())) return;
-      send_log(level, "[skill " + std::string(skill) + "] " + std::string(line));
+      send_log(level, std::string(line), std::string(skill));
     });
     runtime_->set_service_handler([this](const runtime::ServiceCall& c, std::string service, std::string input,
                                          runtime::ServiceReply reply) { call_host(c, std::move(service), std::move(input), std::move(reply)); });
@@ -90,9 +90,9 @@ class Server {
     return exit_code_;
   }
 
-  void send_log(int level, std::string message) {
+  void send_log(int level, std::string message, std::string skill = {}) {
     if (host_gone_ || !channel_) return;
-    (void)channel_->send(proto::Log{static_cast<uint8_t>(level), std::move(message)});
+    (void)channel_->send(proto::Log{static_cast<uint8_t>(level), std::move(message), std::move(skill)});
   }
 
  private:

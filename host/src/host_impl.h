@@ -1,17 +1,27 @@
 // Host internals. One I/O thread runs a libuv loop that owns every channel, process
 // watcher and call timer; public methods post work to it (post()) and, for blocking
 // methods, wait on a future.
+//
+// Rooms (one file each):
+//   host.cc          the loop thread, spawn(), the public Host/Extension facade
+//   supervisor.cc    processes: start (zygote or exec), exit, restart, stop, health pings
+//   peer_frames.cc   every frame an extension sends, checked against the state it may
+//                    arrive in; a frame that breaks the protocol cuts the extension off
+//   calls.cc         the call table: pending calls, their deadlines and completions
+//   services.cc      host services and call chains (+ worker_pool.cc for blocking ones)
+//   shared_memory.cc SharedBuffer, Extension::allocate/share, large outputs
+//   log_gate.cc      escaping and rate-limiting extension log lines
 #pragma once
 
 #include <uv.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "airlock/channel.h"
 #include "airlock/host.h"
@@ -19,7 +29,9 @@
 #include "airlock/shm/fd_channel.h"
 #include "airlock/shm/pool.h"
 #include "airlock/shm/registry.h"
+#include "log_gate.h"
 #include "process.h"
+#include "worker_pool.h"
 #include "zygote.h"
 
 namespace airlock::detail {
@@ -47,6 +59,7 @@ struct PendingCall {
   Done done;
   LoopTimer* timer = nullptr;  // host-side deadline (backstop to the extension's own)
   ChainInfo info;
+  bool counts = true;  // toward max_calls_in_flight (health pings do not)
 };
 
 // A skill's call of a host service, while it is open. Shared by the handler's
@@ -63,56 +76,53 @@ struct ServiceCallState {
   std::vector<std::pair<std::weak_ptr<ExtensionState>, uint64_t>> children;  // [loop] nested calls
 };
 
-// Workers for blocking services.
-class WorkerPool {
- public:
-  explicit WorkerPool(unsigned threads);
-  ~WorkerPool();
-  void submit(std::function<void()> job);
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> jobs_;
-  bool stop_ = false;
-  std::vector<std::thread> threads_;
-};
-
 // One extension: the handle's shared state. Fields marked [loop] are touched only on
 // the I/O thread; the atomics may be read anywhere.
 class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
  public:
-  ExtensionState(HostImpl* host, ExtensionOptions opts) : host(host), opts(std::move(opts)) {}
+  ExtensionState(HostImpl* host, ExtensionOptions opts, const HostLimits& limits)
+      : host(host), opts(std::move(opts)), log_gate(limits.log_lines_per_second) {}
   HostImpl* host;
   const ExtensionOptions opts;
   std::atomic<int> pid{0};
   std::atomic<bool> ready{false};
   std::atomic<bool> stopping{false};
 
-  // [loop]
+  // [loop] the current process
   ChildProcess proc;
+  uint64_t attempt = 0;  // start_process() calls; a late zygote answer for an older one is dropped
+  bool got_ready = false;  // Ready arrived from this process (it may, once)
   std::unique_ptr<proto::Channel> channel;
   uv_poll_t* exit_watch = nullptr;
   std::unordered_map<uint64_t, PendingCall> pending;
+  size_t counted_pending = 0;       // entries of `pending` that count toward max_calls_in_flight
+  uint64_t unanswered_ended = 0;    // calls we ended without an answer (timeout, cancel): a late answer is fine
   std::map<std::string, LoadedSkill> skills;  // reloaded after a restart
+  uint32_t loads_in_flight = 0;
   // Open service calls, by the host request they were made under (cancelled with it).
   std::unordered_map<uint64_t, std::vector<std::shared_ptr<ServiceCallState>>> services;
+  std::unordered_set<uint64_t> open_service_ids;  // the extension's request ids
   std::function<void(Status)> on_ready;       // spawn / restart waiting for Ready
   uint32_t restarts = 0;
   std::chrono::milliseconds backoff{0};
   std::vector<std::function<void()>> on_exit;  // stop() waiters
   std::string down_reason;                     // why the last process ended
-  std::string disconnect_reason;               // set when we cut the peer off (bad frame)
+  std::string disconnect_reason;               // set when we cut the peer off
   LoopTimer* kill_timer = nullptr;
   LoopTimer* restart_timer = nullptr;
+  LoopTimer* health_timer = nullptr;
+  bool health_outstanding = false;
+  LogGate log_gate;
 
   // Shared memory. The pool and the exporter outlive restarts (the exporter forgets what
   // the dead process was sent); the side channel is per process. Any thread.
   std::mutex shm_mu;
   shm::FdChannel side;
-  shm::Registry inbox;  // outputs the current process shared with us
+  std::unique_ptr<shm::Registry> inbox;  // outputs the current process shared with us
   std::unique_ptr<shm::Exporter> exporter;
   std::shared_ptr<shm::Pool> pool;
+
+  std::string label() const;  // "extension 'x' (pid 123)"
 };
 
 // A SharedBuffer: from one extension's pool (owner set), or host-wide (owner null,
@@ -141,37 +151,54 @@ class HostImpl {
   std::optional<Extension> find(std::string_view name) const;
   void stop_all(std::chrono::milliseconds grace);
 
-  // [loop] operations on an extension
+  // [loop] supervisor.cc
   void start_process(const std::shared_ptr<ExtensionState>& e);
+  void stop_extension(const std::shared_ptr<ExtensionState>& e, std::chrono::milliseconds grace, std::function<void()> done);
+  // The extension broke the protocol or stopped answering: its calls fail with `why`,
+  // the process is killed (and restarted per its policy once its exit is reaped).
+  void cut_off(const std::shared_ptr<ExtensionState>& e, const std::string& why);
+
+  // [loop] calls.cc
   void send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, proto::Frame frame,
-                 std::chrono::milliseconds timeout, Done done, ChainInfo info = {});
+                 std::chrono::milliseconds timeout, Done done, ChainInfo info = {}, bool counts = true);
   // Ends a pending call: its timer, its chain's open service calls, then `done`.
   void complete_pending(ExtensionState& e, uint64_t id, CallResult r);
   void cancel_call(const std::shared_ptr<ExtensionState>& e, uint64_t id);
-  void stop_extension(const std::shared_ptr<ExtensionState>& e, std::chrono::milliseconds grace, std::function<void()> done);
+  void fail_pending(ExtensionState& e, const Error& err);
 
   uint64_t next_id() { return next_id_.fetch_add(1, std::memory_order_relaxed); }
+  uint64_t last_id() const { return next_id_.load(std::memory_order_relaxed) - 1; }
 
-  // Host services (services.cc).
-  void register_service(const std::string& name, ServiceHandler h, BlockingServiceHandler b);
-  void on_service_request(const std::shared_ptr<ExtensionState>& e, proto::Request&& r);
+  // services.cc
+  void register_service(const std::string& name, ServiceHandler h, BlockingServiceHandler b, ServiceOptions o);
+  void on_service_request(const std::shared_ptr<ExtensionState>& e, proto::Request&& r);  // [loop]
   void reply_service(const std::shared_ptr<ServiceCallState>& s, CallResult r);  // [loop]
   void nested_call(const std::shared_ptr<ServiceCallState>& s, std::string ext, std::string skill, std::string input,
                    Done done);  // [loop]
   void end_services(ExtensionState& e, uint64_t parent);  // [loop]
+
+  // [loop] peer_frames.cc
+  void on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&& f);
+  void on_channel_closed(const std::shared_ptr<ExtensionState>& e, const Error& err);
+  void emit_log(ExtensionState& e, int level, std::string_view skill, std::string_view message);
+  void report_dropped_logs(ExtensionState& e, uint64_t n);
+
   const HostOptions opts;
   std::string binary;  // resolved extension binary ("" if not found)
   Error binary_error;
+  uv_loop_t* loop() { return &loop_; }
 
  private:
   void drain_posted();
-  void on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&& f);
-  void on_channel_closed(const std::shared_ptr<ExtensionState>& e, const Error& err);
   void on_process_exit(const std::shared_ptr<ExtensionState>& e);
-  void fail_pending(ExtensionState& e, const Error& err);
   CallResult take_shared_output(ExtensionState& e, const proto::Response& r);
   void reload_skills(const std::shared_ptr<ExtensionState>& e, std::function<void(Status)> done);
   void schedule_restart(const std::shared_ptr<ExtensionState>& e);
+  void attach_process(const std::shared_ptr<ExtensionState>& e, ChildProcess child);
+  void start_with_exec(const std::shared_ptr<ExtensionState>& e, const std::vector<std::string>& argv, int child_side);
+  void schedule_health(const std::shared_ptr<ExtensionState>& e);
+  void send_health(const std::shared_ptr<ExtensionState>& e);
+  bool is_extension_pid(pid_t pid) const;
 
   uv_loop_t loop_{};
   uv_async_t wake_{};
@@ -182,8 +209,13 @@ class HostImpl {
   std::thread::id loop_thread_id_;
   std::atomic<uint64_t> next_id_{1};
   std::unique_ptr<Zygote> zygote_;  // [loop] null when HostOptions::use_zygote is off
+  struct Service {
+    ServiceHandler handler;
+    BlockingServiceHandler blocking;
+    std::vector<std::string> allow;
+  };
   std::mutex svc_mu_;
-  std::map<std::string, std::pair<ServiceHandler, BlockingServiceHandler>> service_handlers_;
+  std::map<std::string, Service> service_handlers_;
   std::unique_ptr<WorkerPool> workers_;
   mutable std::mutex ext_mu_;
   std::map<std::string, std::shared_ptr<ExtensionState>, std::less<>> extensions_;

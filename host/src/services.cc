@@ -15,54 +15,36 @@ namespace airlock {
 namespace detail {
 
 namespace {
+bool allowed(const std::vector<std::string>& allow, const std::string& ext) {
+  return std::any_of(allow.begin(), allow.end(), [&](const std::string& a) { return a == "*" || a == ext; });
+}
+
 bool may_call(const ExtensionOptions& o, const std::string& ext, const std::string& skill) {
   return std::any_of(o.may_call.begin(), o.may_call.end(),
                      [&](const std::string& p) { return p == "*" || p == ext || p == ext + "/" + skill; });
 }
 }  // namespace
 
-WorkerPool::WorkerPool(unsigned threads) {
-  for (unsigned i = 0; i < std::max(1u, threads); ++i) {
-    threads_.emplace_back([this] {
-      for (;;) {
-        std::function<void()> job;
-        {
-          std::unique_lock lk(mu_);
-          cv_.wait(lk, [this] { return stop_ || !jobs_.empty(); });
-          if (jobs_.empty()) return;
-          job = std::move(jobs_.front());
-          jobs_.pop_front();
-        }
-        job();
-      }
-    });
-  }
-}
-
-WorkerPool::~WorkerPool() {
-  {
-    std::lock_guard lk(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  for (auto& t : threads_) t.join();
-}
-
-void WorkerPool::submit(std::function<void()> job) {
-  {
-    std::lock_guard lk(mu_);
-    jobs_.push_back(std::move(job));
-  }
-  cv_.notify_one();
-}
-
-void HostImpl::register_service(const std::string& name, ServiceHandler h, BlockingServiceHandler b) {
+void HostImpl::register_service(const std::string& name, ServiceHandler h, BlockingServiceHandler b, ServiceOptions o) {
   std::lock_guard lk(svc_mu_);
   if (b && !workers_) workers_ = std::make_unique<WorkerPool>(opts.service_threads);
-  service_handlers_[name] = {std::move(h), std::move(b)};
+  service_handlers_[name] = {std::move(h), std::move(b), o.allow ? std::move(*o.allow) : opts.default_service_access};
 }
 
 void HostImpl::on_service_request(const std::shared_ptr<ExtensionState>& e, proto::Request&& r) {
+  auto refuse = [&](Code code, const std::string& why) {
+    if (e->channel) proto::send_response(*e->channel, proto::make_response(r.id, make_error(code, why)));
+  };
+  // Bounds first: a request past them is answered at once and costs nothing to keep.
+  if (e->open_service_ids.size() >= opts.limits.max_service_requests) {
+    return refuse(Code::ResourceExhausted, e->label() + " has " + std::to_string(e->open_service_ids.size()) +
+                                               " host-service requests open (HostLimits::max_service_requests)");
+  }
+  if (auto it = e->services.find(r.parent_id);
+      it != e->services.end() && it->second.size() >= opts.limits.max_service_requests_per_call) {
+    return refuse(Code::ResourceExhausted, "one call of " + e->label() + " has " + std::to_string(it->second.size()) +
+                                               " host-service requests open (HostLimits::max_service_requests_per_call)");
+  }
   auto s = std::make_shared<ServiceCallState>();
   s->host = this;
   s->ext = e;
@@ -71,12 +53,11 @@ void HostImpl::on_service_request(const std::shared_ptr<ExtensionState>& e, prot
   s->service = std::move(r.target);
   s->input = std::move(r.payload);
   auto parent = e->pending.find(r.parent_id);
-  if (parent == e->pending.end()) {
-    // The call this request belongs to has ended (cancelled, timed out): nobody waits.
+  if (parent == e->pending.end() || !parent->second.counts) {
+    // The call this request belongs to has ended (cancelled, timed out), or is no call
+    // at all (a forged parent id): nobody waits for it.
     s->replied = true;
-    proto::send_response(*e->channel,
-                         proto::make_response(r.id, make_error(Code::Cancelled, "the call that made this request has ended")));
-    return;
+    return refuse(Code::Cancelled, "the call that made this request has ended");
   }
   const ChainInfo& pi = parent->second.info;
   s->info.depth = pi.depth;
@@ -86,6 +67,7 @@ void HostImpl::on_service_request(const std::shared_ptr<ExtensionState>& e, prot
     s->info.deadline = std::min(s->info.deadline, std::chrono::steady_clock::now() + std::chrono::microseconds(r.timeout_us));
   }
   e->services[r.parent_id].push_back(s);
+  e->open_service_ids.insert(s->id);
 
   if (!s->service.empty() && s->service[0] == '@') {  // built-in: call a skill in another extension
     auto slash = s->service.find('/');
@@ -98,25 +80,31 @@ void HostImpl::on_service_request(const std::shared_ptr<ExtensionState>& e, prot
     return nested_call(s, ext, skill, s->input, [s, this](CallResult res) { reply_service(s, std::move(res)); });
   }
 
-  std::pair<ServiceHandler, BlockingServiceHandler> h;
+  Service h;
   {
     std::lock_guard lk(svc_mu_);
     auto it = service_handlers_.find(s->service);
     if (it != service_handlers_.end()) h = it->second;
   }
-  if (!h.first && !h.second) {
+  if (!h.handler && !h.blocking) {
     return reply_service(s, make_error(Code::NotFound, "no host service '" + s->service + "' (called by " + s->info.chain + ")"));
   }
+  if (!allowed(h.allow, e->opts.name)) {
+    return reply_service(s, make_error(Code::PermissionDenied, "extension '" + e->opts.name + "' may not call host service '" +
+                                                                   s->service + "' (ServiceOptions::allow)"));
+  }
   ServiceRequest req(s);
-  if (h.first) {
+  if (h.handler) {
     try {
-      h.first(req);
+      h.handler(req);
     } catch (const std::exception& ex) {
       reply_service(s, make_error(Code::Internal, "service '" + s->service + "' threw: " + ex.what()));
     }
     return;
   }
-  workers_->submit([req, fn = std::move(h.second)] {
+  // Fair shares of the workers: each extension queues at most max_blocking_jobs, and
+  // never occupies every worker (worker_pool.h).
+  const bool queued = workers_->submit(e.get(), opts.limits.max_blocking_jobs, [req, fn = std::move(h.blocking)] {
     CallResult res = make_error(Code::Internal, "service handler threw");
     try {
       res = fn(req);
@@ -125,10 +113,15 @@ void HostImpl::on_service_request(const std::shared_ptr<ExtensionState>& e, prot
     }
     req.reply(std::move(res));
   });
+  if (!queued) {
+    reply_service(s, make_error(Code::ResourceExhausted, e->label() + " has " + std::to_string(opts.limits.max_blocking_jobs) +
+                                                             " blocking-service jobs queued or running (HostLimits::max_blocking_jobs)"));
+  }
 }
 
 void HostImpl::reply_service(const std::shared_ptr<ServiceCallState>& s, CallResult r) {
   if (s->replied.exchange(true)) return;
+  s->ext->open_service_ids.erase(s->id);
   auto& list = s->ext->services[s->parent];
   list.erase(std::remove(list.begin(), list.end(), s), list.end());
   if (list.empty()) s->ext->services.erase(s->parent);
@@ -182,6 +175,7 @@ void HostImpl::end_services(ExtensionState& e, uint64_t parent) {
   auto open = std::move(it->second);
   e.services.erase(it);
   for (auto& s : open) {
+    e.open_service_ids.erase(s->id);
     // Claim the answer first: cancelling a child runs its `done`, which would reply
     // (and, the chain being cancelled, send nothing) before we could.
     const bool must_answer = !s->replied.exchange(true);

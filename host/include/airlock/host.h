@@ -56,6 +56,32 @@ struct ExtensionOptions {
   std::chrono::milliseconds start_timeout = 10s;  // spawn -> ready
 };
 
+// Bounds that hold whatever an extension sends or does (docs/SECURITY.md). Past one, the
+// call fails at once with ResourceExhausted naming the bound: backpressure, not growth.
+// All are per extension.
+struct HostLimits {
+  size_t max_queued_bytes = 64u << 20;      // written to it but not yet read by it
+  uint32_t max_calls_in_flight = 16384;      // calls to it (the application's and nested ones)
+  uint32_t max_service_requests_per_call = 64;  // host-service requests open for one call
+  uint32_t max_service_requests = 4096;      // host-service requests open in all
+  uint32_t max_blocking_jobs = 256;          // its blocking-service jobs queued or running
+  uint64_t max_output_bytes = 1ull << 30;    // one output it returns in shared memory
+  uint64_t max_shared_bytes = 4ull << 30;    // shared-memory buffers it may announce at once
+  uint32_t log_lines_per_second = 1000;      // more are dropped (and counted); bursts of 2x pass
+  uint32_t max_log_line_bytes = 4096;        // longer lines are cut
+};
+
+// One log line from an extension or one of its skills, already escaped (no control
+// characters, one line) and cut to HostLimits::max_log_line_bytes.
+struct LogRecord {
+  std::string_view extension;
+  std::string_view skill;  // empty: the extension's own line
+  int level = 2;           // spdlog numbering: 0 trace .. 5 critical
+  std::string_view message;
+};
+// Runs on the host's I/O thread: keep it short.
+using LogCallback = std::function<void(const LogRecord&)>;
+
 struct HostOptions {
   Transport transport = Transport::Msgpack;
   // airlock-extension to run; empty: $AIRLOCK_EXTENSION, else next to this program,
@@ -74,6 +100,26 @@ struct HostOptions {
   size_t auto_share_min_bytes = 1u << 20;
   uint32_t max_chain_depth = 16;         // nested skill calls per chain (host -> A -> host -> B ...)
   uint32_t service_threads = 4;          // workers for blocking services
+  HostLimits limits;
+  // Liveness: every health_interval the host pings each extension; one that has not
+  // answered within health_timeout (plus the longest time limit of its skills: a
+  // CPU-bound call holds its loop that long) is reported, killed and restarted per its
+  // RestartPolicy, and its calls fail saying so. 0 turns the pings off.
+  std::chrono::milliseconds health_interval = 1s;
+  std::chrono::milliseconds health_timeout = 5s;
+  // Where extension and skill log lines go. Default: spdlog's default logger, as
+  // "[ext NAME] [skill SKILL] line".
+  LogCallback log_callback;
+  // Which extensions may call a service registered without ServiceOptions::allow:
+  // extension names, or "*" for all. The default lets every extension of this host call
+  // every such service; set {} to make each registration name its callers.
+  std::vector<std::string> default_service_access = {"*"};
+};
+
+// Who may call a host service. Checked on every request.
+struct ServiceOptions {
+  // Extension names, or "*"; nullopt: HostOptions::default_service_access.
+  std::optional<std::vector<std::string>> allow;
 };
 
 struct CallOptions {
@@ -221,15 +267,17 @@ class Host {
   const HostOptions& options() const;
 
   // Host services skills call by name with airlock_call(). Registering a name again
-  // replaces the handler.
-  void register_service(const std::string& name, ServiceHandler handler);
-  void register_blocking_service(const std::string& name, BlockingServiceHandler handler);
+  // replaces the handler. A caller not allowed by `options` gets PermissionDenied.
+  void register_service(const std::string& name, ServiceHandler handler, ServiceOptions options = {});
+  void register_blocking_service(const std::string& name, BlockingServiceHandler handler, ServiceOptions options = {});
   // A "proxied singleton": one object, its methods as services "NAME.METHOD".
   template <class T>
   void register_object(const std::string& name, std::shared_ptr<T> object,
-                       std::vector<std::pair<std::string, CallResult (T::*)(const ServiceRequest&)>> methods) {
+                       std::vector<std::pair<std::string, CallResult (T::*)(const ServiceRequest&)>> methods,
+                       ServiceOptions options = {}) {
     for (auto& [method, fn] : methods) {
-      register_blocking_service(name + "." + method, [object, fn = fn](const ServiceRequest& r) { return ((*object).*fn)(r); });
+      register_blocking_service(name + "." + method, [object, fn = fn](const ServiceRequest& r) { return ((*object).*fn)(r); },
+                                options);
     }
   }
 

@@ -37,8 +37,11 @@ class Channel {
   virtual ~Channel() = default;
   virtual void start(ChannelCallbacks callbacks) = 0;
   // Queues a frame. ResourceExhausted (nothing sent) if it exceeds the maximum frame
-  // size; Unavailable if the channel is closed.
+  // size, or if max_queued bytes already wait for a peer that is not reading (a frame
+  // is always taken when nothing waits); Unavailable if the channel is closed.
   virtual Status send(const Frame& frame) = 0;
+  // Encoded bytes accepted by send() and not yet handed to the socket.
+  virtual size_t queued_bytes() const = 0;
   // Stops reading and writing and releases the socket; idempotent.
   virtual void close() = 0;
   virtual Encoding encoding() const = 0;
@@ -48,8 +51,15 @@ class Channel {
 // Response with the reason instead, so the requester is never left waiting.
 void send_response(Channel& channel, const Response& response);
 
+// What may wait in a channel for a peer that does not read: 256 MiB.
+constexpr size_t kDefaultMaxQueuedBytes = size_t(256) << 20;
+
 // Takes ownership of `fd` (a connected AF_UNIX stream socket).
 std::unique_ptr<Channel> make_channel(Encoding enc, Role role, uv_loop_t* loop, int fd,
-                                      uint32_t max_frame = kDefaultMaxFrameBytes);
+                                      uint32_t max_frame = kDefaultMaxFrameBytes,
+                                      size_t max_queued = kDefaultMaxQueuedBytes);
+
+// The error send() returns when a peer has stopped reading.
+Error queue_full_error(size_t queued, size_t max_queued);
 
 }  // namespace airlock::proto

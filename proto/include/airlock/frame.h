@@ -20,7 +20,8 @@ constexpr uint32_t kDefaultMaxFrameBytes = 64u << 20;
 constexpr uint32_t kMaxShmRefs = 1024;
 // Log levels use spdlog's numbering: 0 trace .. 5 critical, 6 off.
 constexpr uint8_t kMaxLogLevel = 6;
-constexpr uint32_t kProtocolVersion = 1;
+// 2: Log carries the skill apart from the message (the host writes the prefix).
+constexpr uint32_t kProtocolVersion = 2;
 
 // A slice of a shared memory buffer that was passed earlier (by SCM_RIGHTS) and is
 // referred to by id from then on.
@@ -95,10 +96,12 @@ struct Shutdown {
   bool operator==(const Shutdown&) const = default;
 };
 
-// Extension -> host log line.
+// Extension -> host log line. The host escapes both strings and writes the prefix
+// ("[ext NAME] [skill SKILL] "): an extension cannot forge another's lines.
 struct Log {
   uint8_t level = 2;  // spdlog numbering, 0..kMaxLogLevel
   std::string message;
+  std::string skill;  // empty: the extension's own line
   bool operator==(const Log&) const = default;
 };
 

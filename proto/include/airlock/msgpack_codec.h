@@ -19,7 +19,7 @@
 //   6 Ready        [6, protocol_version, pid:int, name:str]
 //   7 Health       [7, id]
 //   8 Shutdown     [8, grace_ms]
-//   9 Log          [9, level, message:str]
+//   9 Log          [9, level, message:str, skill:str]   (protocol version 2)
 //
 // Decoders refuse anything else (maps, ext, floats, nil, deeper nesting, bytes after the
 // array, enum values out of range), and allocate at most a small multiple of the frame's

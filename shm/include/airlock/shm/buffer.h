@@ -120,6 +120,10 @@ class ReadOnlyMapping {
   uint64_t size_ = 0;
 };
 
+// The checks of map_readonly without the mapping: seals as `policy` requires, size as
+// announced. InvalidArgument says which is wrong.
+Status verify_sealed(int fd, uint64_t expected_size, SealPolicy policy);
+
 // Takes ownership of `fd` (closed on failure too). Refuses with InvalidArgument unless
 // the fd is a memfd carrying the seals `policy` demands and exactly `expected_size`
 // bytes long. The seals are checked *before* mapping: a read-only mapping made before

@@ -64,6 +64,11 @@ struct SideMessage {
   UniqueFd fd;        // kAnnounce only
 };
 
+// Parses one received side message: exactly 24 bytes, and exactly the fds its kind
+// carries (one for kAnnounce, none otherwise). InvalidArgument otherwise, and `fds` are
+// closed. The seven zero bytes are not checked. FdChannel::try_recv_message uses it.
+Result<SideMessage> parse_side_message(std::string_view bytes, std::vector<UniqueFd> fds);
+
 // One end of the side-channel socketpair. Sending blocks (up to a timeout: a peer that
 // stopped reading must not hang the host forever); receiving never blocks, so the fd can
 // be watched with a libuv uv_poll_t (UV_READABLE) and drained with try_recv().

@@ -40,15 +40,18 @@ struct View {
 
 struct RegistryOptions {
   SealPolicy policy = SealPolicy::kReadOnly;  // kImmutable for an untrusted sender
-  size_t max_buffers = 4096;                   // each costs an fd and a VMA
+  size_t max_buffers = 4096;                   // each costs an fd (and a VMA once mapped)
+  uint64_t max_bytes = uint64_t(1) << 40;      // announced sizes held at once (address space)
 };
 
 class Registry {
  public:
   explicit Registry(RegistryOptions opts = {}) : opts_(opts) {}
 
-  // A buffer arrived: verify seals and size, map it read-only. `id` must be non-zero and
-  // new. Takes `fd` (closed on failure).
+  // A buffer arrived: verify seals and size (it is mapped read-only on its first
+  // resolve(), so an announced but unused buffer costs only its fd). `id` must be
+  // non-zero and new; past max_buffers or max_bytes -> ResourceExhausted. Takes `fd`
+  // (closed on failure).
   Status add(uint64_t id, UniqueFd fd, uint64_t size);
   // Reads every pending side-channel message: kAnnounce -> add, kDrop -> release. Call
   // it when the channel is readable and before resolving a frame's ShmRefs. Stops at the
@@ -68,15 +71,22 @@ class Registry {
 
  private:
   RegistryOptions opts_;
+  struct Entry {
+    UniqueFd fd;  // until the first resolve() maps it
+    uint64_t size = 0;
+    std::shared_ptr<const ReadOnlyMapping> mapping;
+  };
   mutable std::mutex mu_;
-  std::unordered_map<uint64_t, std::shared_ptr<const ReadOnlyMapping>> entries_;
-  uint64_t bytes_ = 0;
+  mutable std::unordered_map<uint64_t, Entry> entries_;
+  mutable uint64_t bytes_ = 0;
 };
 
 class Exporter {
  public:
-  // Uses (does not own) `channel`, which must outlive the Exporter.
-  explicit Exporter(FdChannel& channel);
+  // Uses (does not own) `channel`, which must outlive the Exporter. `timeout_ms`: how
+  // long a send may wait for room (0: never; a peer that stopped reading makes share()
+  // and drop() fail at once instead of stalling the caller).
+  explicit Exporter(FdChannel& channel, int timeout_ms = 5000);
 
   // Seals `b` (F_SEAL_FUTURE_WRITE, unless already sealed), passes its fd to the peer if
   // not done before, and returns the ref for [offset, offset+length). Out of range ->
@@ -95,6 +105,7 @@ class Exporter {
 
  private:
   FdChannel* channel_;
+  int timeout_ms_;
   uint64_t token_;
   mutable std::mutex mu_;
   std::unordered_set<uint64_t> sent_;

@@ -1,0 +1,62 @@
+// The call table: every call in flight to an extension, its host-side deadline (a
+// backstop to the extension's own) and its completion. Loop thread only.
+#include "host_impl.h"
+
+namespace airlock::detail {
+
+void HostImpl::send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, proto::Frame frame,
+                         std::chrono::milliseconds timeout, Done done, ChainInfo info, bool counts) {
+  if (!e->channel) {
+    std::string why = e->stopping ? "is stopped" : "is not running" + (e->down_reason.empty() ? "" : " (" + e->down_reason + ")");
+    return done(make_error(e->stopping ? Code::Unavailable : Code::ExtensionCrashed, e->label() + " " + why));
+  }
+  if (counts && e->counted_pending >= opts.limits.max_calls_in_flight) {
+    return done(make_error(Code::ResourceExhausted, e->label() + ": " + std::to_string(e->counted_pending) +
+                                                        " calls in flight already (HostLimits::max_calls_in_flight)"));
+  }
+  if (auto st = e->channel->send(frame); !st.ok()) {
+    const bool full = st.error().code == Code::ResourceExhausted && e->channel->queued_bytes() > 0;
+    return done(make_error(st.error().code, e->label() + ": " + st.error().message +
+                                                (full ? " (HostLimits::max_queued_bytes)" : "")));
+  }
+  if (info.deadline == Deadline{}) info.deadline = std::chrono::steady_clock::now() + timeout;
+  PendingCall pc{std::move(done), nullptr, std::move(info), counts};
+  std::weak_ptr<ExtensionState> weak = e;
+  pc.timer = LoopTimer::start(&loop_, static_cast<uint64_t>(timeout.count()), [this, weak, id, timeout] {
+    auto s = weak.lock();
+    if (!s || !s->pending.count(id)) return;
+    if (s->channel) (void)s->channel->send(proto::Cancel{id});
+    s->unanswered_ended++;
+    complete_pending(*s, id, make_error(Code::Timeout, s->label() + ": no answer within " +
+                                                           std::to_string(timeout.count()) + " ms"));
+  });
+  e->counted_pending += counts;
+  e->pending.emplace(id, std::move(pc));
+}
+
+void HostImpl::complete_pending(ExtensionState& e, uint64_t id, CallResult r) {
+  auto it = e.pending.find(id);
+  if (it == e.pending.end()) return;  // answered, timed out or cancelled already
+  PendingCall pc = std::move(it->second);
+  e.pending.erase(it);
+  e.counted_pending -= pc.counts;
+  LoopTimer::stop(pc.timer);
+  end_services(e, id);
+  pc.done(std::move(r));
+}
+
+void HostImpl::cancel_call(const std::shared_ptr<ExtensionState>& e, uint64_t id) {
+  if (!e->pending.count(id)) return;
+  if (e->channel) (void)e->channel->send(proto::Cancel{id});
+  e->unanswered_ended++;
+  complete_pending(*e, id, make_error(Code::Cancelled, e->label() + ": call cancelled"));
+}
+
+void HostImpl::fail_pending(ExtensionState& e, const Error& err) {
+  std::vector<uint64_t> ids;
+  ids.reserve(e.pending.size());
+  for (auto& [id, pc] : e.pending) ids.push_back(id);
+  for (auto id : ids) complete_pending(e, id, err);
+}
+
+}  // namespace airlock::detail

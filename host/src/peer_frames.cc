@@ -1,0 +1,140 @@
+// Every frame an extension sends, checked against the state it may arrive in. An
+// extension may be fully compromised, so nothing it reports is taken on trust: Ready
+// comes once per process, a Response must answer a request we sent (a late answer to a
+// call we gave up on is dropped), a service Request carries an id of the extension's
+// range, shared outputs must fit what the host can afford, and the frames only a host
+// sends are never accepted from it. A frame that breaks the protocol cuts the extension
+// off (cut_off: its calls fail saying why, the process is killed and restarted per its
+// policy). Loop thread only.
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <new>
+
+#include "host_impl.h"
+
+namespace airlock::detail {
+
+namespace {
+// Ids of requests an extension sends (service calls) have the top bit set, so they never
+// collide with the host's ids on the same channel (extension/serve/server.cc).
+constexpr uint64_t kExtensionIdBit = 1ull << 63;
+}  // namespace
+
+void HostImpl::on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&& f) {
+  if (auto* r = std::get_if<proto::Response>(&f)) {
+    const uint64_t id = r->id;
+    if (!e->pending.count(id)) {
+      if ((id & kExtensionIdBit) || id > last_id()) {
+        return cut_off(e, "sent a Response to request " + std::to_string(id) + ", which was never sent");
+      }
+      if (e->unanswered_ended == 0) return cut_off(e, "answered request " + std::to_string(id) + " twice");
+      e->unanswered_ended--;  // a late answer to a call that timed out or was cancelled
+      return;
+    }
+    CallResult res = r->code == Code::Ok && !r->shm_refs.empty() ? take_shared_output(*e, *r) : proto::result_of(std::move(*r));
+    return complete_pending(*e, id, std::move(res));
+  }
+  if (auto* req = std::get_if<proto::Request>(&f)) {
+    if (!(req->id & kExtensionIdBit)) {
+      return cut_off(e, "sent a Request with id " + std::to_string(req->id) + " outside the extension's id range");
+    }
+    if (e->open_service_ids.count(req->id)) {
+      return cut_off(e, "sent Request " + std::to_string(req->id) + " while its earlier one is still open");
+    }
+    return on_service_request(e, std::move(*req));  // a skill calling a host service
+  }
+  if (auto* l = std::get_if<proto::Log>(&f)) {
+    if (l->level >= proto::kMaxLogLevel) return;  // "off"
+    if (!e->log_gate.admit()) return;  // counted; reported with the next line that passes
+    if (uint64_t n = e->log_gate.take_dropped()) report_dropped_logs(*e, n);
+    return emit_log(*e, l->level, l->skill, l->message);
+  }
+  if (auto* ready = std::get_if<proto::Ready>(&f)) {
+    if (e->got_ready) return cut_off(e, "sent Ready twice");
+    if (ready->protocol_version != proto::kProtocolVersion) {
+      return cut_off(e, "speaks protocol version " + std::to_string(ready->protocol_version) + ", this host " +
+                            std::to_string(proto::kProtocolVersion) + " (a different airlock-extension build?)");
+    }
+    e->got_ready = true;  // its pid and name are not taken from it: the host knows both
+    auto finish = [this, e](Status st) {
+      if (st.ok()) {
+        e->ready = true;
+        schedule_health(e);
+      }
+      if (e->on_ready) std::exchange(e->on_ready, nullptr)(std::move(st));
+    };
+    if (!e->skills.empty()) return reload_skills(e, finish);
+    return finish(ok_status());
+  }
+  cut_off(e, "sent a " + std::string(proto::frame_name(f)) + " frame, which only a host sends");
+}
+
+// A large output the extension returned in shared memory: copy it out, give it back.
+CallResult HostImpl::take_shared_output(ExtensionState& e, const proto::Response& r) {
+  std::lock_guard lk(e.shm_mu);
+  if (r.shm_refs.size() != 1 || !r.payload.empty() || !e.side.valid() || !e.inbox) {
+    return make_error(Code::Internal, e.label() + " sent a malformed shared output");
+  }
+  if (auto st = e.inbox->pump(e.side); !st.ok()) {  // its fd arrived before this frame
+    return make_error(st.error().code, e.label() + " sent a bad shared output: " + st.error().message);
+  }
+  const auto& ref = r.shm_refs[0];
+  if (ref.length > opts.limits.max_output_bytes) {
+    (void)e.inbox->release(ref.buffer_id);
+    return make_error(Code::ResourceExhausted, e.label() + " returned " + std::to_string(ref.length) +
+                                                   " bytes of output (HostLimits::max_output_bytes " +
+                                                   std::to_string(opts.limits.max_output_bytes) + ")");
+  }
+  auto v = e.inbox->resolve(ref);
+  if (!v.ok()) return make_error(Code::Internal, e.label() + " sent a bad shared output: " + v.error().message);
+  CallResult out = make_error(Code::Internal, "");
+  try {
+    out = std::string(reinterpret_cast<const char*>(v->bytes.data()), v->bytes.size());
+  } catch (const std::bad_alloc&) {
+    out = make_error(Code::ResourceExhausted, e.label() + ": no memory for its " + std::to_string(v->bytes.size()) +
+                                                  "-byte output");
+  }
+  (void)e.side.give_back(ref.buffer_id, /*timeout_ms=*/0);  // never waits on the extension
+  return out;
+}
+
+void HostImpl::on_channel_closed(const std::shared_ptr<ExtensionState>& e, const Error& err) {
+  // EOF usually means the process is exiting: its exit watcher reports that. Anything
+  // else (a malformed or oversized frame) means we can no longer trust the peer.
+  e->ready = false;
+  auto closed = std::move(e->channel);  // closed already; destroyed when this callback has returned
+  if (closed) post([ch = std::shared_ptr<proto::Channel>(std::move(closed))] {});
+  if (err.code != Code::Unavailable) return cut_off(e, "disconnected: " + err.message);
+  // It hung up: a real extension is exiting now, and its exit status (reaped through the
+  // pidfd) says why. One that hangs up and lives on is killed after a second.
+  if (e->proc.pidfd >= 0 && !e->kill_timer) {
+    const int pidfd = e->proc.pidfd;
+    e->kill_timer = LoopTimer::start(&loop_, 1000, [e, pidfd] {
+      LoopTimer::stop(e->kill_timer);
+      if (e->proc.pidfd == pidfd) signal_child(pidfd, SIGKILL);
+    });
+  }
+}
+
+void HostImpl::report_dropped_logs(ExtensionState& e, uint64_t n) {
+  emit_log(e, 3, {}, std::to_string(n) + " log lines dropped (more than " + std::to_string(e.log_gate.rate()) +
+                         " a second; HostLimits::log_lines_per_second)");
+}
+
+void HostImpl::emit_log(ExtensionState& e, int level, std::string_view skill, std::string_view message) {
+  const std::string text = escape_log_text(message, opts.limits.max_log_line_bytes);
+  const std::string who = escape_log_text(skill, 128);
+  if (opts.log_callback) {
+    opts.log_callback(LogRecord{e.opts.name, who, level, text});
+    return;
+  }
+  const auto lvl = static_cast<spdlog::level::level_enum>(std::clamp(level, 0, 5));
+  if (who.empty()) {
+    spdlog::log(lvl, "[ext {}] {}", e.opts.name, text);
+  } else {
+    spdlog::log(lvl, "[ext {}] [skill {}] {}", e.opts.name, who, text);
+  }
+}
+
+}  // namespace airlock::detail

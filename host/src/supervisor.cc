@@ -1,0 +1,282 @@
+// Processes: starting an extension (forked by the zygote, else exec'ed), noticing its
+// exit through its pidfd, restarting it per its policy, stopping it, and pinging it so
+// that a wedged or stopped process is noticed too. Signals go only through pidfds of
+// processes this host started (process.h). Loop thread only.
+#include <spdlog/spdlog.h>
+#include <malloc.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <future>
+
+#include "host_impl.h"
+
+namespace airlock::detail {
+
+namespace {
+proto::Encoding encoding_of(Transport t) { return t == Transport::Grpc ? proto::Encoding::Grpc : proto::Encoding::Msgpack; }
+}  // namespace
+
+void HostImpl::start_process(const std::shared_ptr<ExtensionState>& e) {
+  const uint64_t attempt = ++e->attempt;
+  const auto& lim = e->opts.limits ? *e->opts.limits : opts.default_limits;
+  std::vector<std::string> argv = {binary,
+                                   "--log-level", opts.log_level,
+                                   "serve",
+                                   "--fd", "3",
+                                   "--side-fd", "4",
+                                   "--name", e->opts.name,
+                                   "--transport", std::string(to_string(opts.transport)),
+                                   "--parent-pid", std::to_string(getpid()),
+                                   "--max-frame-bytes", std::to_string(opts.max_frame_bytes),
+                                   "--max-memory-mb", std::to_string(lim.max_memory_mb),
+                                   "--timeout-ms", std::to_string(lim.timeout_ms)};
+  auto side = shm::FdChannel::pair();
+  if (!side.ok()) {
+    if (e->on_ready) std::exchange(e->on_ready, nullptr)(side.take_error());
+    return;
+  }
+  const int child_side = side->second.fd();
+  {
+    std::lock_guard lk(e->shm_mu);
+    e->side = std::move(side->first);  // same object, new socket: the exporter keeps pointing at it
+    // Sends never wait: an extension that stopped reading fails the call, not the caller's thread.
+    if (!e->exporter) e->exporter = std::make_unique<shm::Exporter>(e->side, /*timeout_ms=*/0);
+    shm::RegistryOptions ro;
+    ro.max_bytes = opts.limits.max_shared_bytes;
+    e->inbox = std::make_unique<shm::Registry>(ro);
+  }
+  auto peer_side = std::make_shared<shm::FdChannel>(std::move(side->second));  // until the child has it
+  std::weak_ptr<ExtensionState> weak = e;
+  if (zygote_ && zygote_->spawn(argv, e->opts.env, child_side, [this, weak, attempt, argv, peer_side](Result<ChildProcess> c) {
+        auto s = weak.lock();
+        const bool wanted = s && s->attempt == attempt && !s->stopping && !closing_;
+        if (c.ok() && !wanted) {
+          ChildProcess orphan = c.value();
+          return kill_and_reap(orphan);
+        }
+        if (!wanted) return;
+        if (c.ok()) return attach_process(s, c.value());
+        spdlog::debug("{}: {}; starting it with exec", s->label(), c.error().message);
+        start_with_exec(s, argv, peer_side->fd());
+      })) {
+    return;
+  }
+  start_with_exec(e, argv, child_side);
+}
+
+void HostImpl::start_with_exec(const std::shared_ptr<ExtensionState>& e, const std::vector<std::string>& argv,
+                               int child_side) {
+  auto child = spawn_extension(argv, e->opts.env, child_side);
+  if (!child.ok()) {
+    if (e->on_ready) std::exchange(e->on_ready, nullptr)(child.take_error());
+    return;
+  }
+  attach_process(e, child.value());
+}
+
+void HostImpl::attach_process(const std::shared_ptr<ExtensionState>& e, ChildProcess child) {
+  e->proc = child;
+  e->pid = child.pid;
+  e->got_ready = false;
+  e->unanswered_ended = 0;
+  e->health_outstanding = false;
+  e->channel = proto::make_channel(encoding_of(opts.transport), proto::Role::Host, &loop_, child.host_fd,
+                                   opts.max_frame_bytes, opts.limits.max_queued_bytes);
+  std::weak_ptr<ExtensionState> weak = e;
+  e->channel->start({[this, weak](proto::Frame&& f) {
+                       auto s = weak.lock();
+                       if (!s) return;
+                       // Nothing a peer sends may end the loop thread: a failure handling
+                       // its frame (out of memory, say) cuts that extension off instead.
+                       try {
+                         on_frame(s, std::move(f));
+                       } catch (const std::exception& ex) {
+                         cut_off(s, std::string("the host failed to handle its frame: ") + ex.what());
+                       }
+                     },
+                     [this, weak](const Error& err) {
+                       if (auto s = weak.lock()) on_channel_closed(s, err);
+                     }});
+  e->exit_watch = new uv_poll_t;
+  uv_poll_init(&loop_, e->exit_watch, child.pidfd);
+  e->exit_watch->data = new std::weak_ptr<ExtensionState>(e);
+  uv_poll_start(e->exit_watch, UV_READABLE, [](uv_poll_t* p, int, int) {
+    auto* w = static_cast<std::weak_ptr<ExtensionState>*>(p->data);
+    if (auto s = w->lock()) s->host->on_process_exit(s);
+  });
+}
+
+void HostImpl::cut_off(const std::shared_ptr<ExtensionState>& e, const std::string& why) {
+  if (!e->channel && e->proc.pidfd < 0) return;  // already cut off or gone
+  spdlog::error("{}: cut off: {}", e->label(), why);
+  e->disconnect_reason = why;
+  // Calls made before the exit is reaped must see why, not a bare "channel closed".
+  e->down_reason = "was cut off (" + why + ")";
+  e->ready = false;
+  if (e->channel) {
+    auto ch = std::move(e->channel);
+    ch->close();  // may run inside this channel's on_frame: it is destroyed after the callback returns
+    post([ch = std::shared_ptr<proto::Channel>(std::move(ch))] {});
+  }
+  fail_pending(*e, make_error(Code::Unavailable, e->label() + " was cut off: " + why));
+  signal_child(e->proc.pidfd, SIGKILL);
+}
+
+void HostImpl::on_process_exit(const std::shared_ptr<ExtensionState>& e) {
+  std::string how;
+  if (!try_reap(e->proc.pidfd, &how)) return;  // spurious wake-up
+  if (!e->disconnect_reason.empty()) how += " after being cut off (" + std::exchange(e->disconnect_reason, "") + ")";
+  bool expected = e->stopping.load();
+  if (!expected) spdlog::warn("{} {}", e->label(), how);
+  Error err = expected ? make_error(Code::Cancelled, e->label() + " was stopped")
+                       : make_error(Code::ExtensionCrashed, e->label() + " " + how);
+  e->ready = false;
+  if (e->channel) e->channel->close();
+  e->channel.reset();
+  uv_poll_stop(e->exit_watch);
+  uv_close(reinterpret_cast<uv_handle_t*>(e->exit_watch), [](uv_handle_t* h) {
+    delete static_cast<std::weak_ptr<ExtensionState>*>(h->data);
+    delete reinterpret_cast<uv_poll_t*>(h);
+  });
+  e->exit_watch = nullptr;
+  close(e->proc.pidfd);
+  e->proc = {};
+  {
+    std::lock_guard lk(e->shm_mu);
+    if (e->exporter) e->exporter->forget_all();  // the next process is sent every buffer afresh
+    e->side.close();
+    if (e->inbox) e->inbox->clear();
+  }
+  e->pid = 0;
+  LoopTimer::stop(e->kill_timer);
+  LoopTimer::stop(e->health_timer);
+  fail_pending(*e, err);
+  if (e->on_ready) std::exchange(e->on_ready, nullptr)(make_error(Code::Unavailable, e->label() + " " + how + " during start"));
+  e->down_reason = how;
+  for (auto& w : std::exchange(e->on_exit, {})) w();
+  if (!expected) schedule_restart(e);
+  // What its calls, queues and outputs held is free now; glibc keeps freed memory in its
+  // arenas (a stopped extension's 1,000 refused 512 KiB calls: +15-30 MB RSS for good
+  // without this, +1 MB with it).
+  malloc_trim(0);
+}
+
+void HostImpl::schedule_restart(const std::shared_ptr<ExtensionState>& e) {
+  const auto& p = e->opts.restart;
+  if (p.mode != RestartPolicy::Mode::OnFailure || e->restarts >= p.max_restarts) return;
+  e->backoff = e->restarts == 0 ? p.initial_backoff : std::min(p.max_backoff, e->backoff * 2);
+  e->restarts++;
+  spdlog::info("restarting extension '{}' in {} ms (restart {} of {})", e->opts.name, e->backoff.count(), e->restarts,
+               p.max_restarts);
+  e->restart_timer = LoopTimer::start(&loop_, static_cast<uint64_t>(e->backoff.count()), [this, e] {
+    LoopTimer::stop(e->restart_timer);
+    if (e->stopping) return;
+    start_process(e);
+  });
+}
+
+// Ready arrived (once per process): reload what a restarted process lost, then report.
+void HostImpl::reload_skills(const std::shared_ptr<ExtensionState>& e, std::function<void(Status)> done) {
+  auto left = std::make_shared<size_t>(e->skills.size());
+  auto first_error = std::make_shared<Status>(ok_status());
+  if (*left == 0) return done(ok_status());
+  for (const auto& [name, s] : e->skills) {
+    proto::LoadSkill l;
+    l.id = next_id();
+    l.name = name;
+    l.wasm = s.wasm;
+    l.path = s.path;
+    l.max_memory_pages = s.limits.max_memory_mb * 16;
+    l.timeout_ms = s.limits.timeout_ms;
+    e->loads_in_flight++;
+    send_call(e, l.id, std::move(l), 30s, [e, left, first_error, done, name](CallResult r) {
+      e->loads_in_flight--;
+      if (!r.ok() && first_error->ok()) *first_error = make_error(r.error().code, "reloading skill '" + name + "': " + r.error().message);
+      if (--*left == 0) done(*first_error);
+    }, {}, false);
+  }
+}
+
+// ---- liveness ------------------------------------------------------------------------
+
+void HostImpl::schedule_health(const std::shared_ptr<ExtensionState>& e) {
+  if (opts.health_interval.count() <= 0 || e->health_timer || !e->channel) return;
+  std::weak_ptr<ExtensionState> weak = e;
+  e->health_timer = LoopTimer::start(&loop_, static_cast<uint64_t>(opts.health_interval.count()), [this, weak] {
+    auto s = weak.lock();
+    if (!s) return;
+    LoopTimer::stop(s->health_timer);
+    if (uint64_t n = s->log_gate.take_dropped()) report_dropped_logs(*s, n);
+    if (!s->health_outstanding) send_health(s);
+    schedule_health(s);
+  });
+}
+
+void HostImpl::send_health(const std::shared_ptr<ExtensionState>& e) {
+  // A CPU-bound call holds the extension's loop for up to its skill's time limit, and a
+  // load compiles on that loop: the deadline allows for both.
+  uint32_t longest = 0;
+  for (const auto& [n, s] : e->skills) longest = std::max(longest, s.limits.timeout_ms);
+  const auto allowed = opts.health_timeout + std::chrono::milliseconds(longest);
+  const uint64_t id = next_id();
+  e->health_outstanding = true;
+  std::weak_ptr<ExtensionState> weak = e;
+  send_call(e, id, proto::Health{id}, allowed, [this, weak, allowed](CallResult r) {
+    auto s = weak.lock();
+    if (!s) return;
+    s->health_outstanding = false;
+    if (r.ok() || r.error().code != Code::Timeout || s->stopping) return;
+    if (s->loads_in_flight > 0) return;  // busy compiling (its own timeout bounds that); ask again
+    cut_off(s, "did not answer a health check within " + std::to_string(allowed.count()) + " ms");
+  }, {}, false);
+}
+
+// ---- stopping ------------------------------------------------------------------------
+
+void HostImpl::stop_extension(const std::shared_ptr<ExtensionState>& e, std::chrono::milliseconds grace,
+                              std::function<void()> done) {
+  e->stopping = true;
+  LoopTimer::stop(e->restart_timer);
+  LoopTimer::stop(e->health_timer);
+  if (e->proc.pidfd < 0) return done();
+  e->on_exit.push_back(std::move(done));
+  if (e->kill_timer) return;  // already stopping
+  if (e->channel) (void)e->channel->send(proto::Shutdown{static_cast<uint32_t>(grace.count())});
+  const int pidfd = e->proc.pidfd;
+  // Grace, then SIGTERM, then SIGKILL 500 ms later. on_process_exit stops the timers.
+  e->kill_timer = LoopTimer::start(&loop_, static_cast<uint64_t>(grace.count()) + 100, [this, e, pidfd] {
+    LoopTimer::stop(e->kill_timer);
+    if (e->proc.pidfd != pidfd) return;
+    signal_child(pidfd, SIGTERM);
+    e->kill_timer = LoopTimer::start(&loop_, 500, [e, pidfd] {
+      LoopTimer::stop(e->kill_timer);
+      if (e->proc.pidfd == pidfd) signal_child(pidfd, SIGKILL);
+    });
+  });
+}
+
+void HostImpl::stop_all(std::chrono::milliseconds grace) {
+  std::vector<std::shared_ptr<ExtensionState>> all;
+  {
+    std::lock_guard lk(ext_mu_);
+    for (auto& [n, e] : extensions_) all.push_back(e);
+  }
+  if (all.empty()) return;
+  if (on_loop_thread()) {  // from a callback: start the stops, cannot wait for them here
+    for (auto& e : all) stop_extension(e, grace, [] {});
+    return;
+  }
+  auto left = std::make_shared<std::atomic<size_t>>(all.size());
+  auto gone = std::make_shared<std::promise<void>>();
+  post([this, all, grace, left, gone] {
+    for (auto& e : all) {
+      stop_extension(e, grace, [left, gone] {
+        if (--*left == 0) gone->set_value();
+      });
+    }
+  });
+  gone->get_future().wait();
+}
+
+}  // namespace airlock::detail

@@ -14,10 +14,12 @@ void HostImpl::send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, 
     return done(make_error(Code::ResourceExhausted, e->label() + ": " + std::to_string(e->counted_pending) +
                                                         " calls in flight already (HostLimits::max_calls_in_flight)"));
   }
-  if (auto st = e->channel->send(frame); !st.ok()) {
-    const bool full = st.error().code == Code::ResourceExhausted && e->channel->queued_bytes() > 0;
-    return done(make_error(st.error().code, e->label() + ": " + st.error().message +
-                                                (full ? " (HostLimits::max_queued_bytes)" : "")));
+  Status sent = e->channel->send(frame);
+  e->queued_bytes = e->channel->queued_bytes();
+  if (!sent.ok()) {
+    const bool full = sent.error().code == Code::ResourceExhausted && e->queued_bytes > 0;
+    return done(make_error(sent.error().code, e->label() + ": " + sent.error().message +
+                                                  (full ? " (HostLimits::max_queued_bytes)" : "")));
   }
   if (info.deadline == Deadline{}) info.deadline = std::chrono::steady_clock::now() + timeout;
   PendingCall pc{std::move(done), nullptr, std::move(info), counts};

@@ -255,11 +255,23 @@ CallId Extension::call_async(std::string_view skill, const Payload& input, const
     // The buffer stays leased (not reused, not dropped) until the call has answered.
     done = [done = std::move(done), keep = input.buffer()](CallResult r) { done(std::move(r)); };
   } else {
+    const size_t waiting = s_->posted_bytes.load() + s_->queued_bytes.load();
+    const size_t limit = host->opts.limits.max_queued_bytes;
+    if (waiting > 0 && waiting + input.bytes().size() > limit) {
+      auto err = make_error(Code::ResourceExhausted, s_->label() + ": " + std::to_string(waiting) +
+                                                         " bytes already wait for it to read them (HostLimits::max_queued_bytes " +
+                                                         std::to_string(limit) + ")");
+      host->post([done = std::move(done), err = std::move(err)]() mutable { done(std::move(err)); });
+      return id;
+    }
     req.payload = std::string(input.bytes());
   }
   auto s = s_;
+  const size_t posted = req.payload.size();
+  s->posted_bytes += posted;
   detail::ChainInfo info{1, s->opts.name + "/" + std::string(skill), std::chrono::steady_clock::now() + timeout};
-  host->post([s, host, id, req = std::move(req), timeout, done = std::move(done), info = std::move(info)]() mutable {
+  host->post([s, host, id, req = std::move(req), timeout, done = std::move(done), info = std::move(info), posted]() mutable {
+    s->posted_bytes -= posted;
     host->send_call(s, id, std::move(req), timeout, std::move(done), std::move(info));
   });
   return id;

@@ -87,6 +87,11 @@ class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
   std::atomic<int> pid{0};
   std::atomic<bool> ready{false};
   std::atomic<bool> stopping{false};
+  // Inline request bytes on their way to the loop (posted, not yet sent or refused), and
+  // what the channel last said it holds: callers are refused before they copy more than
+  // max_queued_bytes into the loop's queue, however far behind the loop is.
+  std::atomic<size_t> posted_bytes{0};
+  std::atomic<size_t> queued_bytes{0};
 
   // [loop] the current process
   ChildProcess proc;

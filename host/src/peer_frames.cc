@@ -22,6 +22,7 @@ constexpr uint64_t kExtensionIdBit = 1ull << 63;
 }  // namespace
 
 void HostImpl::on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&& f) {
+  if (e->channel) e->queued_bytes = e->channel->queued_bytes();  // it reads: what waits may have shrunk
   if (auto* r = std::get_if<proto::Response>(&f)) {
     const uint64_t id = r->id;
     if (!e->pending.count(id)) {

@@ -81,6 +81,7 @@ void HostImpl::attach_process(const std::shared_ptr<ExtensionState>& e, ChildPro
   e->got_ready = false;
   e->unanswered_ended = 0;
   e->health_outstanding = false;
+  e->queued_bytes = 0;
   e->channel = proto::make_channel(encoding_of(opts.transport), proto::Role::Host, &loop_, child.host_fd,
                                    opts.max_frame_bytes, opts.limits.max_queued_bytes);
   std::weak_ptr<ExtensionState> weak = e;
@@ -149,6 +150,7 @@ void HostImpl::on_process_exit(const std::shared_ptr<ExtensionState>& e) {
     if (e->inbox) e->inbox->clear();
   }
   e->pid = 0;
+  e->queued_bytes = 0;
   LoopTimer::stop(e->kill_timer);
   LoopTimer::stop(e->health_timer);
   fail_pending(*e, err);

@@ -112,6 +112,8 @@ int run_cli(int argc, char** argv) {
   srv->add_option("--max-frame-bytes", so.max_frame_bytes, "Largest frame accepted or sent")->capture_default_str();
   srv->add_option("--max-memory-mb", so.default_max_memory_mb, "Default memory limit of skills")->capture_default_str();
   srv->add_option("--timeout-ms", so.default_timeout_ms, "Default time limit per call")->capture_default_str();
+  srv->add_option("--max-total-memory-mb", so.max_total_memory_mb,
+                  "Linear memory of all skill instances together")->capture_default_str();
   srv->add_option("--shm-output-min-bytes", so.shm_output_min_bytes,
                   "Outputs at least this large return in shared memory")->capture_default_str();
 

@@ -100,6 +100,18 @@ class V8Engine final : public Engine, public Caller {
     params.array_buffer_allocator = allocator_.get();
     iso_ = v8::Isolate::New(params);
     iso_->Enter();
+    // Near the heap limit V8 aborts the whole process ("Fatal javascript OOM"). The
+    // runtime's own limits (tables, instances, memory) keep the heap far from it; should
+    // a skill still get there, its call is terminated instead (ResourceExhausted) and the
+    // limit raised enough for the termination to unwind.
+    iso_->AddNearHeapLimitCallback(
+        [](void* data, size_t current, size_t) -> size_t {
+          auto* self = static_cast<V8Engine*>(data);
+          self->heap_exhausted_.store(true, std::memory_order_relaxed);
+          self->terminate();
+          return current + (64u << 20);
+        },
+        this);
     v8::HandleScope hs(iso_);
     auto ctx = v8::Context::New(iso_);
     ctx->Enter();
@@ -138,9 +150,20 @@ class V8Engine final : public Engine, public Caller {
     return std::shared_ptr<Module>(std::make_shared<V8Module>(this, iso_, m.ToLocalChecked()));
   }
 
-  void terminate() override { iso_->TerminateExecution(); }
+  // TerminateExecution alone is not enough: V8 10.2 can lose it while a skill loops
+  // through host imports under dynamic tiering (a 1 MiB-line log loop ran 30 s past a
+  // 500 ms limit). The flag makes every host import refuse to run once the deadline has
+  // passed, and the watchdog repeats the request until the call has returned.
+  void terminate() override {
+    terminating_.store(true, std::memory_order_relaxed);
+    iso_->TerminateExecution();
+  }
   void reclaim() override { iso_->LowMemoryNotification(); }
-  void cancel_termination() override { iso_->CancelTerminateExecution(); }
+  void cancel_termination() override {
+    terminating_.store(false, std::memory_order_relaxed);
+    heap_exhausted_.store(false, std::memory_order_relaxed);
+    iso_->CancelTerminateExecution();
+  }
   std::string_view name() const override { return "v8-10.2"; }
 
   // Caller: the innermost instance running on this engine.
@@ -208,7 +231,14 @@ class V8Engine final : public Engine, public Caller {
       }
     }
     try {
+      // Past the deadline no import runs: a loop through imports ends at its next one.
+      if (self->terminating_.load(std::memory_order_relaxed)) {
+        throw HostTrap{make_error(Code::Timeout, "execution terminated (time limit)")};
+      }
       fn->fn(*self, std::span<const Value>(args, nargs), std::span<Value>(results, fn->type.results.size()));
+      if (self->terminating_.load(std::memory_order_relaxed)) {
+        throw HostTrap{make_error(Code::Timeout, "execution terminated (time limit)")};
+      }
     } catch (HostTrap& t) {
       self->pending_error_ = std::move(t.error);
       iso->ThrowException(v8::Exception::Error(str(iso, "host function " + fn->module + "." + fn->name + " failed")));
@@ -230,6 +260,8 @@ class V8Engine final : public Engine, public Caller {
 
   std::vector<Instance*> active_;   // call stack of instances (re-entrant calls nest)
   std::optional<Error> pending_error_;
+  std::atomic<bool> terminating_{false};  // terminate() was called and not yet withdrawn
+  std::atomic<bool> heap_exhausted_{false};  // ... because the engine's heap is near its limit
   v8::Global<v8::Function> instance_ctor_;
 
  private:
@@ -313,9 +345,16 @@ Result<std::vector<Value>> V8Instance::call(std::string_view export_name, std::s
   auto r = it->second.Get(iso_)->Call(ctx, v8::Undefined(iso_), static_cast<int>(n), argv);
   engine_->active_.pop_back();
   if (r.IsEmpty()) {
-    if (tc.HasTerminated() || iso_->IsExecutionTerminating()) {
-      // Only the outermost call clears termination, so nested frames all unwind.
-      if (engine_->active_.empty()) iso_->CancelTerminateExecution();
+    const bool terminated = tc.HasTerminated() || iso_->IsExecutionTerminating() ||
+                            engine_->terminating_.load(std::memory_order_relaxed);
+    if (terminated) {
+      // Only the outermost call clears termination (the flags too), so nested frames
+      // all unwind. A watchdog that fires again before the runtime disarms it is
+      // withdrawn by the runtime (Watchdog::disarm, Engine::cancel_termination).
+      const bool heap = engine_->heap_exhausted_.load(std::memory_order_relaxed);
+      engine_->pending_error_.reset();
+      if (engine_->active_.empty()) engine_->cancel_termination();
+      if (heap) return make_error(Code::ResourceExhausted, "the engine's heap is near its limit");
       return make_error(Code::Timeout, "execution terminated (time limit)");
     }
     if (engine_->pending_error_) {

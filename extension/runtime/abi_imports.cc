@@ -13,6 +13,19 @@ using engine::HostTrap;
 using engine::Value;
 using VT = engine::ValType;
 
+constexpr uint32_t kMaxServiceName = 256;
+constexpr uint32_t kMaxErrorBytes = 4096;
+
+void log_line(Binding& b, int level, std::string_view line) {
+  uint32_t& lines = b.call ? b.call->log_lines : b.skill->init_log_lines;
+  if (lines >= b.rt->limits().max_log_lines_per_call) {
+    if (b.call) b.call->log_dropped++;
+    return;
+  }
+  lines++;
+  b.rt->log(level, b.skill->name, line.substr(0, kMaxLogLineBytes));
+}
+
 struct AbiImports {
   static SkillRuntime::Call& call_of(Caller& caller, const char* what) {
     Binding& b = binding_of(caller);
@@ -62,9 +75,22 @@ struct AbiImports {
     }
   }
 
+  // A suspending import entered again before the skill unwound: its asyncify exports are
+  // not binaryen's instrumentation (stubs return, and the skill goes on calling). Each
+  // such call would start another timer or host request: trap instead.
+  static void check_not_unwinding(SkillRuntime::Call& c, const char* what) {
+    if (c.state == SkillRuntime::Call::State::Unwinding) {
+      throw HostTrap{make_error(Code::Trap,
+                                std::string("airlock.") + what + " was called while the skill was suspending: its asyncify "
+                                "exports do not unwind (build it with airlock_add_skill(); docs/SKILL_ABI.md)",
+                                TrapKind::Other)};
+    }
+  }
+
   static void wait(Caller& caller, std::span<const Value> args, std::span<Value> results) {
     auto& c = call_of(caller, "wait");
     if (finish_rewind(caller, c, results)) return;
+    check_not_unwinding(c, "wait");
     Binding& b = binding_of(caller);
     int32_t ms = std::max<int32_t>(args[0].i32, 0);
     uint64_t token = ++c.wait_token;
@@ -79,6 +105,12 @@ struct AbiImports {
   static void call(Caller& caller, std::span<const Value> args, std::span<Value> results) {
     auto& c = call_of(caller, "call");
     if (finish_rewind(caller, c, results)) return;
+    check_not_unwinding(c, "call");
+    if (static_cast<uint32_t>(args[1].i32) > kMaxServiceName) {
+      throw HostTrap{make_error(Code::InvalidArgument, "airlock.call: service name of " +
+                                                          std::to_string(static_cast<uint32_t>(args[1].i32)) +
+                                                          " bytes (limit " + std::to_string(kMaxServiceName) + ")")};
+    }
     Binding& b = binding_of(caller);
     std::string service(guest_string(caller.instance(), args[0].i32, args[1].i32));
     std::string input(guest_string(caller.instance(), args[2].i32, args[3].i32));
@@ -117,12 +149,14 @@ std::vector<engine::HostFunction> abi_imports() {
   });
   add("error", {{VT::I32, VT::I32}, {}}, [](Caller& caller, std::span<const Value> a, std::span<Value>) {
     auto& c = AbiImports::call_of(caller, "error");
-    c.error_msg = std::string(guest_string(caller.instance(), a[0].i32, a[1].i32));
+    c.error_msg = std::string(guest_string(caller.instance(), a[0].i32, a[1].i32).substr(0, kMaxErrorBytes));
   });
   add("log", {{VT::I32, VT::I32, VT::I32}, {}}, [](Caller& caller, std::span<const Value> a, std::span<Value>) {
     Binding& b = binding_of(caller);
     int level = std::clamp(a[0].i32, 0, 5);
-    b.rt->log(level, b.skill->name, guest_string(caller.instance(), a[1].i32, a[2].i32));
+    // Only the first 4 KiB are looked at: a 1 MiB line costs what a 4 KiB one does.
+    const int32_t len = static_cast<int32_t>(std::min<uint32_t>(static_cast<uint32_t>(a[2].i32), kMaxLogLineBytes));
+    log_line(b, level, guest_string(caller.instance(), a[1].i32, len));
   });
   add("wait", {{VT::I32}, {VT::I32}}, &AbiImports::wait);
   add("call", {{VT::I32, VT::I32, VT::I32, VT::I32}, {VT::I32}}, &AbiImports::call);

@@ -21,8 +21,59 @@ struct Binding {
   SkillRuntime::Call* call = nullptr;  // null while _initialize runs
 };
 
+// What every live instance adds up to, for RuntimeLimits.
+struct RuntimeUsage {
+  uint64_t memory_bytes = 0;
+  size_t instances = 0;
+  // Memory of instances dropped since the last GC: V8 frees it only when it collects.
+  uint64_t unreclaimed_bytes = 0;
+};
+
+// One instance's part of RuntimeUsage: counted while it lives, moved with it.
+class MemoryShare {
+ public:
+  MemoryShare() = default;
+  explicit MemoryShare(RuntimeUsage* u) : u_(u) { u_->instances++; }
+  MemoryShare(MemoryShare&& o) noexcept : u_(std::exchange(o.u_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  MemoryShare& operator=(MemoryShare&& o) noexcept {
+    if (this != &o) {
+      reset();
+      u_ = std::exchange(o.u_, nullptr);
+      bytes_ = std::exchange(o.bytes_, 0);
+    }
+    return *this;
+  }
+  MemoryShare(const MemoryShare&) = delete;
+  MemoryShare& operator=(const MemoryShare&) = delete;
+  ~MemoryShare() { reset(); }
+  void set(uint64_t bytes) {
+    if (!u_) return;
+    u_->memory_bytes = u_->memory_bytes - bytes_ + bytes;
+    bytes_ = bytes;
+  }
+  void reset() {
+    if (!u_) return;
+    u_->memory_bytes -= bytes_;
+    u_->unreclaimed_bytes += bytes_;
+    u_->instances--;
+    u_ = nullptr;
+    bytes_ = 0;
+  }
+
+ private:
+  RuntimeUsage* u_ = nullptr;
+  uint64_t bytes_ = 0;
+};
+
 struct PooledInstance {
   std::unique_ptr<engine::Instance> inst;
+  MemoryShare share;  // its linear memory in RuntimeUsage
+  // Re-reads the memory size into the share (after wasm ran: it may have grown).
+  void account() { share.set(inst ? inst->memory().size() : 0); }
+  void drop() {  // a trapped, terminated or grown instance: never reused
+    inst.reset();
+    share.reset();
+  }
   std::unique_ptr<Binding> binding;
   // Linear memory right after _initialize (FreshState::Reset). One per skill, shared by
   // its instances: instances of one module are alike after _initialize, and a private
@@ -41,6 +92,7 @@ struct SkillRuntime::Skill {
   std::vector<PooledInstance> pool;
   std::shared_ptr<const std::vector<uint8_t>> snapshot;  // taken from the first instance
   std::string stdout_line, stderr_line;  // partial lines written by _initialize
+  uint32_t init_log_lines = 0;           // lines logged by _initialize (same budget as a call)
 };
 
 using Timer = LoopTimer;
@@ -69,6 +121,8 @@ struct SkillRuntime::Call {
   Timer* wait_timer = nullptr;
   Timer* deadline_timer = nullptr;
   std::string stdout_line, stderr_line;  // partial lines of fd_write
+  uint32_t log_lines = 0;    // logged so far (RuntimeLimits::max_log_lines_per_call)
+  uint64_t log_dropped = 0;  // past that budget
 };
 
 // Bounds-checked view of guest memory; a bad (ptr, len) traps the call.
@@ -97,5 +151,9 @@ std::vector<engine::HostFunction> abi_imports();
 std::vector<engine::HostFunction> wasi_imports();
 // Appends text to a per-call (or per-skill during _initialize) line buffer and logs whole lines.
 void write_output_lines(Binding& b, int fd, std::string_view text);
+// Logs one line of the skill's: cut to kMaxLogLineBytes, and counted against the call's
+// budget (RuntimeLimits::max_log_lines_per_call); past it, dropped and counted.
+void log_line(Binding& b, int level, std::string_view line);
+constexpr size_t kMaxLogLineBytes = 4096;
 
 }  // namespace airlock::runtime

@@ -26,8 +26,8 @@ constexpr size_t kReclaimBytes = 16u << 20;  // dropping a memory this large tri
 
 Binding& binding_of(engine::Caller& caller) { return *static_cast<Binding*>(caller.instance().user_data); }
 
-SkillRuntime::SkillRuntime(uv_loop_t* loop, engine::EngineConfig config)
-    : loop_(loop), engine_(engine::create_v8_engine(config)) {
+SkillRuntime::SkillRuntime(uv_loop_t* loop, engine::EngineConfig config, RuntimeLimits limits)
+    : loop_(loop), limits_(limits), usage_(std::make_unique<RuntimeUsage>()), engine_(engine::create_v8_engine(config)) {
   auto* eng = engine_.get();
   watchdog_ = std::make_unique<Watchdog>([eng] { eng->terminate(); });
   for (auto& f : abi_imports()) engine_->define(std::move(f));
@@ -44,6 +44,23 @@ SkillRuntime::~SkillRuntime() {
 // whatever runs next on the isolate: withdraw it.
 void SkillRuntime::disarm_watchdog() {
   if (watchdog_->disarm()) engine_->cancel_termination();
+}
+
+bool SkillRuntime::within_memory_limit() {
+  if (usage_->memory_bytes <= limits_.max_memory_bytes) return true;
+  // Idle pooled instances go first: they are only a cache.
+  for (auto& [n, s] : skills_) {
+    while (!s->pool.empty() && usage_->memory_bytes > limits_.max_memory_bytes) s->pool.pop_back();
+  }
+  if (usage_->memory_bytes > limits_.max_memory_bytes) return false;
+  return true;
+}
+
+Error SkillRuntime::over_memory(const std::string& skill) const {
+  return skill_error(skill, Code::ResourceExhausted,
+                     "the extension's skills would hold " + std::to_string(usage_->memory_bytes >> 20) +
+                         " MiB of linear memory, above its limit of " + std::to_string(limits_.max_memory_bytes >> 20) +
+                         " MiB (ExtensionOptions::max_memory_mb)");
 }
 
 void SkillRuntime::log(int level, std::string_view skill, std::string_view line) {
@@ -119,6 +136,18 @@ Status SkillRuntime::load(const std::string& name, std::span<const uint8_t> wasm
   skill->asyncified = info.find_export("asyncify_start_unwind") && info.find_export("asyncify_stop_unwind") &&
                       info.find_export("asyncify_start_rewind") && info.find_export("asyncify_stop_rewind") &&
                       info.find_export("airlock_async_buffer");
+  if (skill->asyncified) {
+    // The names alone prove nothing (a module can export stubs); the runtime also checks
+    // at every suspension that the skill really unwound (abi_imports.cc). Types first.
+    const engine::FuncType ptr_t{{VT::I32}, {}}, none_t{{}, {}}, buf_t{{}, {VT::I32}};
+    for (auto st : {need_export("asyncify_start_unwind", WasmImport::Kind::Func, &ptr_t),
+                    need_export("asyncify_stop_unwind", WasmImport::Kind::Func, &none_t),
+                    need_export("asyncify_start_rewind", WasmImport::Kind::Func, &ptr_t),
+                    need_export("asyncify_stop_rewind", WasmImport::Kind::Func, &none_t),
+                    need_export("airlock_async_buffer", WasmImport::Kind::Func, &buf_t)}) {
+      if (!st.ok()) return st;
+    }
+  }
   if (suspends && !skill->asyncified) {
     return skill_error(name, Code::InvalidArgument,
                        "imports airlock.wait/airlock.call but was not built with asyncify "
@@ -132,6 +161,8 @@ Status SkillRuntime::load(const std::string& name, std::span<const uint8_t> wasm
   }
   skill->max_pages = limits.max_memory_mb * 16;  // 64 KiB pages
   auto limited = limit_memory(wasm, skill->max_pages);
+  if (!limited.ok()) return skill_error(name, limited.error().code, limited.error().message);
+  limited = limit_tables(limited.value(), limits.max_table_entries);
   if (!limited.ok()) return skill_error(name, limited.error().code, limited.error().message);
   auto module = engine_->compile(limited.value());
   if (!module.ok()) return skill_error(name, Code::InvalidArgument, module.error().message);
@@ -159,6 +190,8 @@ bool SkillRuntime::has_skill(std::string_view name) const { return skills_.count
 
 RuntimeStats SkillRuntime::stats() const {
   RuntimeStats s = stats_;
+  s.memory_bytes = usage_->memory_bytes;
+  s.instances = usage_->instances;
   s.in_flight = calls_.size();
   s.suspended = 0;
   for (const auto& [id, c] : calls_) s.suspended += c->state == Call::State::Suspended;
@@ -170,14 +203,34 @@ RuntimeStats SkillRuntime::stats() const {
 // Adds a fresh instance to the skill's pool: instantiate, check the ABI version, run
 // _initialize, and snapshot the memory for FreshState::Reset.
 Status SkillRuntime::add_instance(Skill& s) {
+  if (usage_->instances >= limits_.max_instances) {
+    return skill_error(s.name, Code::ResourceExhausted,
+                       std::to_string(usage_->instances) + " live instances already (the extension's limit)");
+  }
   PooledInstance p;
+  // The module's start function runs inside instantiate(): the watchdog covers it too
+  // (a start function that loops used to wedge the extension's loop for good).
+  const auto deadline = Clock::now() + std::chrono::milliseconds(s.limits.timeout_ms);
+  watchdog_->arm(deadline);
   auto inst = s.module->instantiate();
-  if (!inst.ok()) return skill_error(s.name, inst.error().code, inst.error().message);
+  disarm_watchdog();
+  if (!inst.ok()) {
+    const bool timed_out = inst.error().code == Code::Timeout;
+    return skill_error(s.name, inst.error().code,
+                       timed_out ? "its start function exceeded the time limit of " + std::to_string(s.limits.timeout_ms) + " ms"
+                                 : inst.error().message);
+  }
   p.inst = std::move(inst.value());
+  p.share = MemoryShare(usage_.get());
+  p.account();
+  if (!within_memory_limit()) {
+    p.drop();
+    return over_memory(s.name);
+  }
   p.binding = std::make_unique<Binding>(Binding{this, &s, nullptr});
   p.inst->user_data = p.binding.get();
   stats_.instantiations++;
-  watchdog_->arm(Clock::now() + std::chrono::milliseconds(s.limits.timeout_ms));
+  watchdog_->arm(deadline);
   auto ver = p.inst->call("airlock_abi_version", {});
   Status init = ok_status();
   if (ver.ok() && s.has_initialize) {
@@ -232,6 +285,11 @@ uint64_t SkillRuntime::start_call(std::string_view skill_name, std::string input
                          kSkillFuncType.to_string()));
     return id;
   }
+  if (calls_.size() >= limits_.max_calls_in_flight) {
+    done(skill_error(skill->name, Code::ResourceExhausted,
+                     std::to_string(calls_.size()) + " calls in flight in this extension already (its limit)"));
+    return id;
+  }
   auto c = std::make_unique<Call>();
   c->id = id;
   c->parent_id = opts.parent_id;
@@ -273,13 +331,18 @@ void SkillRuntime::start(Call& c) {
                                   "cannot allocate " + std::to_string(len) + " bytes of input in the skill (limit " +
                                       std::to_string(s.limits.max_memory_mb) + " MiB)")
                      : p.take_error();
-    c.inst.inst.reset();
+    c.inst.drop();
     return finish(c, skill_error(s.name, e.code, e.message));
   }
   c.in_ptr = (*p)[0].i32;
+  c.inst.account();  // the input may have grown it
+  if (!within_memory_limit()) {
+    c.inst.drop();
+    return finish(c, over_memory(s.name));
+  }
   auto mem = c.inst.inst->memory();
   if (static_cast<uint64_t>(static_cast<uint32_t>(c.in_ptr)) + in.size() > mem.size()) {
-    c.inst.inst.reset();
+    c.inst.drop();
     return finish(c, skill_error(s.name, Code::Internal, "airlock_alloc returned an out-of-bounds pointer"));
   }
   if (!in.empty()) std::memcpy(mem.data() + static_cast<uint32_t>(c.in_ptr), in.data(), in.size());
@@ -299,8 +362,14 @@ void SkillRuntime::run(Call& c) {
   if (r.ok() && c.state == Call::State::Unwinding) {
     auto st = c.inst.inst->call("asyncify_stop_unwind", {});
     if (!st.ok()) {
-      c.inst.inst.reset();
+      c.inst.drop();
       return finish(c, skill_error(s.name, Code::Internal, "asyncify_stop_unwind: " + st.error().message));
+    }
+    // A parked call keeps its memory: it must fit beside everything else that lives.
+    c.inst.account();
+    if (!within_memory_limit()) {
+      c.inst.drop();
+      return finish(c, over_memory(s.name));
     }
     return suspend(c);
   }
@@ -316,7 +385,7 @@ void SkillRuntime::run(Call& c) {
     } else {
       e.message = where + (e.code == Code::Trap ? " trapped: " : " failed: ") + e.message;
     }
-    c.inst.inst.reset();  // a trapped or terminated instance may be half-updated: never reuse it
+    c.inst.drop();  // a trapped or terminated instance may be half-updated: never reuse it
     return finish(c, skill_error(s.name, e.code, e.message, e.trap));
   }
   int32_t rc = r->empty() ? 0 : (*r)[0].i32;
@@ -337,7 +406,7 @@ void SkillRuntime::suspend(Call& c) {
     if (it == calls_.end()) return;
     Call& call = *it->second;
     Timer::stop(call.deadline_timer);
-    call.inst.inst.reset();
+    call.inst.drop();
     finish(call, skill_error(call.skill->name, Code::Timeout,
                              "function '" + call.func + "' exceeded its time limit of " +
                                  std::to_string(call.timeout_ms) + " ms while waiting"));
@@ -357,7 +426,7 @@ void SkillRuntime::resume(Call& c) {
       return run(c);
     }
   }
-  c.inst.inst.reset();
+  c.inst.drop();
   finish(c, skill_error(c.skill->name, Code::Internal, "could not resume after a wait (asyncify rewind failed)"));
 }
 
@@ -367,6 +436,10 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
   Skill& s = *c.skill;
   if (!c.stdout_line.empty()) log(2, s.name, c.stdout_line);
   if (!c.stderr_line.empty()) log(3, s.name, c.stderr_line);
+  if (c.log_dropped) {
+    log(3, s.name, std::to_string(c.log_dropped) + " log lines dropped (more than " +
+                       std::to_string(limits_.max_log_lines_per_call) + " in one call)");
+  }
   if (c.inst.inst && c.state != Call::State::Suspended) {
     c.inst.binding->call = nullptr;
     bool keep = false;
@@ -382,12 +455,17 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
         keep = true;
       }
     }
-    if (keep && s.pool.size() < kPoolMax) s.pool.push_back(std::move(c.inst));
-    if (c.inst.inst && c.inst.inst->memory().size() >= kReclaimBytes) {
-      // A large memory is dropped: without a GC it stays resident until V8 gets round to it.
-      c.inst.inst.reset();
-      engine_->reclaim();
+    if (keep && s.pool.size() < kPoolMax) {
+      c.inst.account();
+      s.pool.push_back(std::move(c.inst));
     }
+    if (c.inst.inst && c.inst.inst->memory().size() >= kReclaimBytes) c.inst.drop();
+  }
+  if (usage_->unreclaimed_bytes >= kReclaimBytes) {
+    // Large memories were dropped (a grown instance, a trap, a timeout, an eviction):
+    // without a GC they stay resident until V8 gets round to it.
+    usage_->unreclaimed_bytes = 0;
+    engine_->reclaim();
   }
   CallDone done = std::move(c.done);
   auto keep_alive = calls_.extract(c.id);  // c is destroyed at the end of this scope
@@ -398,7 +476,7 @@ void SkillRuntime::cancel(uint64_t call_id) {
   auto it = calls_.find(call_id);
   if (it == calls_.end() || it->second->state != Call::State::Suspended) return;
   Call& c = *it->second;
-  c.inst.inst.reset();
+  c.inst.drop();
   finish(c, skill_error(c.skill->name, Code::Cancelled, "function '" + c.func + "' was cancelled"));
 }
 
@@ -408,7 +486,7 @@ void SkillRuntime::cancel_all(const Error& error) {
   for (auto id : ids) {
     auto it = calls_.find(id);
     if (it == calls_.end()) continue;
-    it->second->inst.inst.reset();
+    it->second->inst.drop();
     finish(*it->second, error);
   }
 }

@@ -35,6 +35,21 @@ struct SkillLimits {
   uint32_t max_memory_mb = 64;
   uint32_t timeout_ms = 10'000;  // wall clock per call, waits included
   FreshState fresh = FreshState::Reset;
+  uint32_t max_table_entries = 100'000;  // per table (8 bytes of engine heap each)
+};
+
+// Limits of the whole runtime (one extension), whatever its skills do. Past one, the
+// call that would cross it fails with ResourceExhausted naming it; the runtime lives on.
+struct RuntimeLimits {
+  // Linear memory of every live instance together: pooled, running and parked calls.
+  uint64_t max_memory_bytes = uint64_t(2) << 30;
+  // Live instances: with the trap handler each reserves ~10 GiB of address space, so
+  // ~12,000 exhaust the 47-bit user space (V8 then fails every instantiation).
+  uint32_t max_instances = 8192;
+  uint32_t max_calls_in_flight = 16384;
+  // Per call: lines logged (airlock.log, stdout, stderr; each cut to 4 KiB) before the
+  // rest is dropped and counted.
+  uint32_t max_log_lines_per_call = 1000;
 };
 
 struct CallOptions {
@@ -72,11 +87,13 @@ struct RuntimeStats {
   uint64_t resets = 0;
   size_t in_flight = 0;
   size_t suspended = 0;
+  uint64_t memory_bytes = 0;  // linear memory of live instances (RuntimeLimits::max_memory_bytes)
+  size_t instances = 0;       // live instances
 };
 
 class SkillRuntime {
  public:
-  explicit SkillRuntime(uv_loop_t* loop, engine::EngineConfig config = {});
+  explicit SkillRuntime(uv_loop_t* loop, engine::EngineConfig config = {}, RuntimeLimits limits = {});
   ~SkillRuntime();
   SkillRuntime(const SkillRuntime&) = delete;
   SkillRuntime& operator=(const SkillRuntime&) = delete;
@@ -99,6 +116,7 @@ class SkillRuntime {
   void set_service_handler(ServiceHandler h) { service_handler_ = std::move(h); }
   void set_log_sink(LogSink s) { log_sink_ = std::move(s); }
   RuntimeStats stats() const;
+  const RuntimeLimits& limits() const { return limits_; }
   void log(int level, std::string_view skill, std::string_view line);
   std::string_view engine_name() const { return engine_->name(); }
 
@@ -114,9 +132,16 @@ class SkillRuntime {
   void resume(Call& c);
   Status add_instance(Skill& s);
   void disarm_watchdog();
+  // Memory accounting (RuntimeLimits): each live instance's linear memory counts from
+  // its creation to its destruction (call_state.h: MemoryShare). True if the total is
+  // within the limit, after evicting idle pooled instances if it was not.
+  bool within_memory_limit();
+  Error over_memory(const std::string& skill) const;
   uint64_t start_call(std::string_view skill, std::string input, InputView view, const CallOptions& opts, CallDone done);
 
   uv_loop_t* loop_;
+  RuntimeLimits limits_;
+  std::unique_ptr<struct RuntimeUsage> usage_;  // outlives every instance (see ~SkillRuntime)
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<class Watchdog> watchdog_;
   std::unordered_map<std::string, std::shared_ptr<Skill>> skills_;

@@ -46,6 +46,7 @@ class Reader {
   void set_what(std::string what) { what_ = std::move(what); }
 
   uint8_t u8() { return need(1, pos_) ? bytes_[pos_++] : 0; }
+  uint8_t peek() const { return ok() && pos_ < end_ ? bytes_[pos_] : 0; }
   uint32_t u32() { return static_cast<uint32_t>(leb(32)); }
   uint64_t u64() { return leb(64); }
   // Heap types are signed 33-bit LEBs; they are only skipped, so only the length matters.
@@ -141,6 +142,14 @@ struct Parsed {
   // size, entry count from payload_begin, then the entries from entries_begin.
   size_t mem_section_begin = 0, mem_payload_begin = 0, mem_entries_begin = 0, mem_section_end = 0;
   std::vector<Limits> memories;  // defined ones
+  // The table section for limit_tables, laid out the same way; each entry's reference
+  // type is kept as its bytes [type_begin, type_end).
+  struct Table {
+    size_t type_begin = 0, type_end = 0;
+    Limits limits;
+  };
+  size_t tab_section_begin = 0, tab_payload_begin = 0, tab_entries_begin = 0, tab_section_end = 0;
+  std::vector<Table> tables;  // defined ones
 };
 
 std::string out_of_range(std::string_view space, uint64_t index, uint64_t count) {
@@ -315,6 +324,31 @@ void parse_memories(Reader& r, Parsed& p, size_t section_begin) {
   p.mem_section_end = r.end();
 }
 
+void parse_tables(Reader& r, Parsed& p, size_t section_begin) {
+  p.tab_section_begin = section_begin;
+  p.tab_payload_begin = r.pos();
+  uint32_t n = r.u32();
+  p.tab_entries_begin = r.pos();
+  p.counts[size_t(Kind::Table)] += n;
+  for (uint32_t i = 0; i < n && r.ok(); ++i) {
+    Parsed::Table t;
+    t.type_begin = r.pos();
+    if (r.peek() == 0x40) {  // a table with an initializer expression (function references)
+      r.fail_at(t.type_begin, "tables with initializer expressions are not supported");
+      return;
+    }
+    uint8_t code = read_valtype(r);
+    if (r.ok() && !is_reftype(code) && code != 0x63 && code != 0x64) {
+      r.fail_at(t.type_begin, "table element type " + hex(code) + " is not a reference type");
+      return;
+    }
+    t.type_end = r.pos();
+    t.limits = read_limits(r, false);
+    p.tables.push_back(t);
+  }
+  p.tab_section_end = r.end();
+}
+
 void parse_exports(Reader& r, Parsed& p) {
   std::unordered_set<std::string> seen;
   uint32_t n = r.u32();
@@ -391,8 +425,8 @@ Result<Parsed> parse(std::span<const uint8_t> bytes) {
       case 3: parse_functions(r, p); break;
       case 5: parse_memories(r, p, begin); break;
       case 7: parse_exports(r, p); break;
-      // Table, global and tag entries are not needed; their counts bound export indices.
-      case 4: p.counts[size_t(Kind::Table)] += r.u32(); r.skip_rest(); break;
+      // Global and tag entries are not needed; their counts bound export indices.
+      case 4: parse_tables(r, p, begin); break;
       case 6: p.counts[size_t(Kind::Global)] += r.u32(); r.skip_rest(); break;
       case 13: p.counts[size_t(Kind::Tag)] += r.u32(); r.skip_rest(); break;
       default: r.skip_rest(); break;
@@ -471,6 +505,33 @@ Result<std::vector<uint8_t>> limit_memory(std::span<const uint8_t> bytes, uint32
   put_leb(out, payload.size());
   out.insert(out.end(), payload.begin(), payload.end());
   out.insert(out.end(), bytes.begin() + p.mem_section_end, bytes.end());
+  return out;
+}
+
+Result<std::vector<uint8_t>> limit_tables(std::span<const uint8_t> bytes, uint64_t max_entries) {
+  auto parsed = parse(bytes);
+  if (!parsed) return parsed.take_error();
+  const Parsed& p = *parsed;
+  if (p.tables.empty()) return std::vector<uint8_t>(bytes.begin(), bytes.end());
+  std::vector<uint8_t> payload(bytes.begin() + p.tab_payload_begin, bytes.begin() + p.tab_entries_begin);
+  for (const auto& t : p.tables) {
+    const Limits& l = t.limits;
+    uint64_t max = l.max ? std::min<uint64_t>(*l.max, max_entries) : max_entries;
+    if (l.min > max) {
+      return make_error(Code::ResourceExhausted, "skill needs a table of " + std::to_string(l.min) +
+                                                     " entries initially, above the limit of " + std::to_string(max) +
+                                                     " entries");
+    }
+    payload.insert(payload.end(), bytes.begin() + t.type_begin, bytes.begin() + t.type_end);
+    payload.push_back(l.flags | kHasMax);
+    put_leb(payload, l.min);
+    put_leb(payload, max);
+  }
+  std::vector<uint8_t> out(bytes.begin(), bytes.begin() + p.tab_section_begin);
+  out.push_back(4);
+  put_leb(out, payload.size());
+  out.insert(out.end(), payload.begin(), payload.end());
+  out.insert(out.end(), bytes.begin() + p.tab_section_end, bytes.end());
   return out;
 }
 

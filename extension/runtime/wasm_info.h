@@ -73,4 +73,11 @@ Result<WasmInfo> parse_wasm(std::span<const uint8_t> bytes);
 // pages (X MiB)" when the declared minimum exceeds max_pages.
 Result<std::vector<uint8_t>> limit_memory(std::span<const uint8_t> bytes, uint32_t max_pages);
 
+// The same for tables: every defined table gets maximum min(declared maximum,
+// max_entries), so table.grow cannot pass it; only the table section is re-encoded.
+// ResourceExhausted "skill needs a table of N entries initially, above the limit of M
+// entries" when a declared minimum exceeds max_entries (a 10 M-entry table costs ~80 MB
+// of engine heap per instance).
+Result<std::vector<uint8_t>> limit_tables(std::span<const uint8_t> bytes, uint64_t max_entries);
+
 }  // namespace airlock::runtime

@@ -33,12 +33,15 @@ bool Watchdog::disarm() {
 void Watchdog::loop() {
   std::unique_lock lk(mu_);
   while (!stop_) {
-    if (!armed_ || fired_) {
+    if (!armed_) {
       cv_.wait(lk);
       continue;
     }
-    if (cv_.wait_until(lk, deadline_) == std::cv_status::timeout && armed_ && !fired_ &&
-        Clock::now() >= deadline_) {
+    // Fired and not yet disarmed: the wasm has not returned, so ask again (a request
+    // can be lost, e.g. during tier-up; see Engine::terminate).
+    const auto when = fired_ ? Clock::now() + kRefire : deadline_;
+    if (cv_.wait_until(lk, when) == std::cv_status::timeout && armed_ && !stop_ &&
+        (fired_ || Clock::now() >= deadline_)) {
       fired_ = true;
       terminate_();  // under the lock: disarm() cannot return in between
     }

@@ -1,5 +1,6 @@
 // Stops runaway wasm: one thread per runtime that terminates the engine's current
-// execution when an armed deadline passes. Arm before entering wasm, disarm after;
+// execution when an armed deadline passes, and again every 10 ms until the wasm has
+// returned. Arm before entering wasm, disarm after;
 // terminate() and disarm() share a lock so a finished call can never be hit by a
 // termination meant for it.
 #pragma once
@@ -16,6 +17,7 @@ namespace airlock::runtime {
 class Watchdog {
  public:
   using Clock = std::chrono::steady_clock;
+  static constexpr auto kRefire = std::chrono::milliseconds(10);  // repeat until disarmed
   explicit Watchdog(std::function<void()> terminate);
   ~Watchdog();
   Watchdog(const Watchdog&) = delete;

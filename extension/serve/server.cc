@@ -45,7 +45,9 @@ class Server {
     uv_loop_init(&loop_);
     uv_timer_init(&loop_, &gone_timer_);
     gone_timer_.data = this;
-    runtime_ = std::make_unique<runtime::SkillRuntime>(&loop_);
+    runtime::RuntimeLimits limits;
+    limits.max_memory_bytes = uint64_t(o.max_total_memory_mb) << 20;
+    runtime_ = std::make_unique<runtime::SkillRuntime>(&loop_, engine::EngineConfig{}, limits);
     channel_ = proto::make_channel(o.encoding, proto::Role::Extension, &loop_, o.fd, o.max_frame_bytes);
     if (o.side_fd >= 0) {
       side_ = shm::FdChannel(shm::UniqueFd(o.side_fd));

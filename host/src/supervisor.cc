@@ -30,7 +30,8 @@ void HostImpl::start_process(const std::shared_ptr<ExtensionState>& e) {
                                    "--parent-pid", std::to_string(getpid()),
                                    "--max-frame-bytes", std::to_string(opts.max_frame_bytes),
                                    "--max-memory-mb", std::to_string(lim.max_memory_mb),
-                                   "--timeout-ms", std::to_string(lim.timeout_ms)};
+                                   "--timeout-ms", std::to_string(lim.timeout_ms),
+                                   "--max-total-memory-mb", std::to_string(e->opts.max_memory_mb)};
   auto side = shm::FdChannel::pair();
   if (!side.ok()) {
     if (e->on_ready) std::exchange(e->on_ready, nullptr)(side.take_error());

@@ -52,6 +52,9 @@ struct ExtensionOptions {
   std::vector<std::string> may_call;
   std::optional<SkillLimits> limits;     // default for skills loaded into it (else the host's)
   std::vector<std::string> env;          // "KEY=VALUE" for the process (nothing else is inherited)
+  // Linear memory of all its skill instances together (pooled, running and parked
+  // calls); a call that would cross it fails with ResourceExhausted naming this.
+  uint32_t max_memory_mb = 2048;
   RestartPolicy restart;
   std::chrono::milliseconds start_timeout = 10s;  // spawn -> ready
 };

@@ -25,6 +25,7 @@ uint64_t inline_bytes(const Frame& f) {
   if (const auto* u = std::get_if<UnloadSkill>(&f)) return u->name.size();
   if (const auto* r = std::get_if<Ready>(&f)) return r->name.size();
   if (const auto* l = std::get_if<Log>(&f)) return l->message.size() + l->skill.size();
+  if (const auto* r = std::get_if<Ready>(&f)) return r->name.size() + r->sandbox.size();
   return 0;
 }
 

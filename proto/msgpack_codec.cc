@@ -114,10 +114,11 @@ class Writer {
     str(x.name);
   }
   void operator()(const Ready& r) {
-    begin(kTagReady, 3);
+    begin(kTagReady, 4);
     u(r.protocol_version);
     i(r.pid);
     str(r.name);
+    str(r.sandbox);
   }
   void operator()(const Health& h) {
     begin(kTagHealth, 1);
@@ -267,7 +268,7 @@ Result<Frame> from_object(const msgpack::object& o) {
   }
   const uint64_t tag = a.ptr[0].via.u64;
   // Field count per tag (without the tag itself); index 0 unused.
-  static constexpr uint32_t kFields[] = {0, 7, 6, 1, 6, 2, 3, 1, 1, 3};
+  static constexpr uint32_t kFields[] = {0, 7, 6, 1, 6, 2, 4, 1, 1, 3};
   if (tag == 0 || tag >= std::size(kFields))
     return malformed("unknown frame tag " + std::to_string(tag));
   if (a.size != kFields[tag] + 1) {
@@ -330,6 +331,7 @@ Result<Frame> from_object(const msgpack::object& o) {
       f.u(r.protocol_version, "protocol_version");
       f.i(r.pid, "pid");
       f.str(r.name, "name");
+      f.str(r.sandbox, "sandbox");
       return f.finish(std::move(r));
     }
     case kTagHealth: {

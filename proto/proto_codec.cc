@@ -97,6 +97,7 @@ struct ToProto {
     p->set_protocol_version(r.protocol_version);
     p->set_pid(r.pid);
     p->set_name(r.name);
+    p->set_sandbox(r.sandbox);
   }
   void operator()(const Health& h) const { m->mutable_health()->set_id(h.id); }
   void operator()(const Shutdown& s) const { m->mutable_shutdown()->set_grace_ms(s.grace_ms); }
@@ -154,7 +155,7 @@ Result<Frame> convert(const v1::Frame& m) {
       return Frame(UnloadSkill{m.unload_skill().id(), m.unload_skill().name()});
     case v1::Frame::kReady: {
       const v1::Ready& p = m.ready();
-      return Frame(Ready{p.protocol_version(), p.pid(), p.name()});
+      return Frame(Ready{p.protocol_version(), p.pid(), p.name(), p.sandbox()});
     }
     case v1::Frame::kHealth: return Frame(Health{m.health().id()});
     case v1::Frame::kShutdown: return Frame(Shutdown{m.shutdown().grace_ms()});

@@ -71,7 +71,6 @@ Error send_error(int err) {
   return sys_error(Code::Unavailable, "sendmsg SCM_RIGHTS");
 }
 
-constexpr size_t kSideMessageBytes = 24;
 
 void put_u64(char* p, uint64_t v) {
   for (int i = 0; i < 8; ++i) p[i] = static_cast<char>(v >> (8 * i));
@@ -200,6 +199,8 @@ Result<SideMessage> parse_side_message(std::string_view bytes, std::vector<Uniqu
     m.kind = SideMessage::Kind::kDrop;
   } else if (kind == static_cast<uint8_t>(SideMessage::Kind::kReturn) && fds.empty()) {
     m.kind = SideMessage::Kind::kReturn;
+  } else if (kind == static_cast<uint8_t>(SideMessage::Kind::kLastWords) && fds.empty()) {
+    m.kind = SideMessage::Kind::kLastWords;
   } else {
     return make_error(Code::InvalidArgument, "fd channel: bad message kind " +
                                                  std::to_string(kind) + " with " +

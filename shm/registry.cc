@@ -42,6 +42,11 @@ Status Registry::pump(FdChannel& channel, const std::function<void(uint64_t id)>
       if (on_return) on_return(m.id);
       continue;
     }
+    if (m.kind == SideMessage::Kind::kLastWords) {
+      std::lock_guard lock(mu_);
+      last_words_ = m.id;
+      continue;
+    }
     Status s = m.kind == SideMessage::Kind::kAnnounce ? add(m.id, std::move(m.fd), m.size)
                                                       : release(m.id);
     if (!s) return s;
@@ -99,6 +104,12 @@ void Registry::clear() {
   std::lock_guard lock(mu_);
   gone.swap(entries_);
   bytes_ = 0;
+  last_words_.reset();
+}
+
+std::optional<uint64_t> Registry::last_words() const {
+  std::lock_guard lock(mu_);
+  return last_words_;
 }
 
 size_t Registry::open_count() const {

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <mutex>
 #include <thread>
 
 #include "airlock/host.h"
@@ -19,6 +20,17 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 std::string skill(const std::string& n) { return std::string(AIRLOCK_SKILL_DIR) + "/" + n + ".wasm"; }
+
+// Polls `done` every few milliseconds until it holds or `within` has passed; returns done().
+template <class Pred>
+bool wait_until(Pred done, std::chrono::milliseconds within) {
+  const auto end = Clock::now() + within;
+  while (!done()) {
+    if (Clock::now() >= end) return done();
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
 
 class ChainTest : public ::testing::TestWithParam<Transport> {
  protected:
@@ -94,12 +106,15 @@ TEST_P(ChainTest, NestedCallsInheritTheOuterDeadline) {
   auto t0 = Clock::now();
   auto r = a_->call("caller", "slow|x", co);
   EXPECT_EQ(r.error().code, Code::Timeout) << r.error().to_string();
+  // Generous: half the 5000 ms the nested sleeper would take if it did not inherit the
+  // chain's 200 ms deadline.
+  const auto bound = 2500ms;
   auto f = nested.get_future();
-  ASSERT_EQ(f.wait_for(1s), std::future_status::ready) << "the nested call outlived its chain";
+  ASSERT_EQ(f.wait_until(t0 + bound), std::future_status::ready) << "the nested call outlived its chain";
   auto n = f.get();
   EXPECT_FALSE(n.ok());
   EXPECT_TRUE(n.error().code == Code::Timeout || n.error().code == Code::Cancelled) << n.error().to_string();
-  EXPECT_LT(Clock::now() - t0, 700ms);
+  EXPECT_LT(Clock::now() - t0, bound);
   EXPECT_EQ(*b_->call("echo", "B serves"), "B serves");
 }
 
@@ -116,14 +131,18 @@ TEST_P(ChainTest, CancellingTheOuterCallCancelsTheNestedOne) {
   std::promise<CallResult> outer;
   auto id = a_->call_async("caller", "slow|x", {}, [&](CallResult r) { outer.set_value(std::move(r)); });
   ASSERT_EQ(started.get_future().wait_for(2s), std::future_status::ready);
-  std::this_thread::sleep_for(50ms);
+  // No pause needed: the handler runs on the I/O thread, where req.call() has sent the
+  // nested request to B before `started` is set; the cancel is posted to that thread
+  // after it, and its Cancel frame follows the request on B's channel.
   auto t0 = Clock::now();
   a_->cancel(id);
   EXPECT_EQ(outer.get_future().get().error().code, Code::Cancelled);
+  // Generous: half the 10 000 ms the nested sleeper would take if it were not cancelled.
+  const auto bound = 5000ms;
   auto f = nested.get_future();
-  ASSERT_EQ(f.wait_for(1s), std::future_status::ready);
+  ASSERT_EQ(f.wait_until(t0 + bound), std::future_status::ready);
   EXPECT_EQ(f.get().error().code, Code::Cancelled);
-  EXPECT_LT(Clock::now() - t0, 500ms);
+  EXPECT_LT(Clock::now() - t0, bound);
 }
 
 TEST_P(ChainTest, ExtensionToExtensionNeedsPermission) {
@@ -147,7 +166,8 @@ TEST_P(ChainTest, CrashOfBMidChainReachesTheCallerAndASurvives) {
   });
   auto f = a_->call_async("caller", "viaB|x");
   ASSERT_EQ(started.get_future().wait_for(2s), std::future_status::ready);
-  std::this_thread::sleep_for(50ms);
+  // No pause needed: the handler runs on the I/O thread, where req.call() has sent the
+  // nested request to B (it is in flight there) before `started` is set.
   kill(b_->pid(), SIGKILL);
   ASSERT_EQ(f.wait_for(2s), std::future_status::ready);
   auto r = f.get();
@@ -189,7 +209,14 @@ TEST_P(ChainTest, ALateServiceDoesNotBlockOtherCalls) {
   });
   auto f = a_->call_async("caller", "later|x");
   for (int i = 0; i < 20; ++i) ASSERT_EQ(*a_->call("echo", "meanwhile"), "meanwhile");
-  std::this_thread::sleep_for(20ms);
+  // The service request may still be on its way; wait for it rather than for a while.
+  ASSERT_TRUE(wait_until(
+      [&] {
+        std::lock_guard lk(mu);
+        return !held.empty();
+      },
+      5s))
+      << "the service request never arrived";
   {
     std::lock_guard lk(mu);
     ASSERT_EQ(held.size(), 1u);

@@ -11,6 +11,8 @@
 
 #include <chrono>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include "airlock/msgpack_codec.h"
 #include "airlock/shm/buffer.h"
@@ -20,6 +22,13 @@ using namespace airlock;
 using ::testing::HasSubstr;
 
 namespace {
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 class RawPeer {
  public:
@@ -106,7 +115,7 @@ TEST(ExtensionPeer, ForgedAndOutOfRangeSharedRefsAreInvalidArgument) {
   proto::LoadSkill load;
   load.id = 1;
   load.name = "echo";
-  load.path = std::string(AIRLOCK_SKILL_DIR) + "/echo.wasm";
+  load.wasm = read_file(std::string(AIRLOCK_SKILL_DIR) + "/echo.wasm");
   peer.send(load);
   ASSERT_EQ(peer.response().code, Code::Ok);
 

@@ -79,7 +79,7 @@ int run_zygote(const std::string& dir) {
   if (mode.empty() || (mode != "hello-then-canary" && mode != "own-pidfd" && mode != "silent-after-hello" &&
                        mode != "garbage-reply" && mode != "pid-number")) {
     std::string out;
-    (void)encode_msgpack(Ready{kProtocolVersion, getpid(), "fake"}, out);
+    (void)encode_msgpack(Ready{kProtocolVersion, getpid(), "fake", ""}, out);
     (void)!write(sock, out.data(), out.size());
     pause();
     return 0;
@@ -132,7 +132,7 @@ struct Fake {
     if (auto* l = std::get_if<LoadSkill>(&f)) {
       send(make_response(l->id, std::string()));
       if (mode == "ready-flood") {
-        for (int i = 0; i < 2000; ++i) send(Ready{kProtocolVersion, getpid(), "flood"});
+        for (int i = 0; i < 2000; ++i) send(Ready{kProtocolVersion, getpid(), "flood", ""});
       }
       return;
     }
@@ -208,7 +208,7 @@ int main(int argc, char** argv) {
   }
   if (fake.mode == "garbage" || fake.mode == "oversized") {  // raw bytes, msgpack only
     std::string out;
-    (void)encode_msgpack(Ready{kProtocolVersion, getpid(), "fake"}, out);
+    (void)encode_msgpack(Ready{kProtocolVersion, getpid(), "fake", ""}, out);
     out += fake.mode == "garbage" ? std::string("\x05\x00\x00\x00\xc1\xc1\xc1\xc1\xc1", 9) : std::string("\x00\x00\x00\x40", 4);
     if (write(3, out.data(), out.size()) < 0) return 1;
     pause();
@@ -219,7 +219,7 @@ int main(int argc, char** argv) {
   fake.loop = &loop;
   fake.ch = make_channel(transport == "grpc" ? Encoding::Grpc : Encoding::Msgpack, Role::Extension, &loop, 3);
   fake.ch->start({[&](Frame&& f) { fake.on_frame(std::move(f)); }, [&](const Error&) { uv_stop(&loop); }});
-  fake.send(Ready{fake.mode == "bad-version" ? 1u : kProtocolVersion, getpid(), "fake"});
+  fake.send(Ready{fake.mode == "bad-version" ? 1u : kProtocolVersion, getpid(), "fake", ""});
   uv_run(&loop, UV_RUN_DEFAULT);
   if (fake.ch) fake.ch->close();
   uv_run(&loop, UV_RUN_NOWAIT);

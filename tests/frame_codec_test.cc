@@ -32,7 +32,7 @@ std::vector<Frame> sample_frames() {
       Cancel{UINT64_MAX},
       LoadSkill{5, "resize", "\0asm\x01\0\0\0"s, "/skills/resize.wasm", 256, 3000},
       UnloadSkill{6, "resize"},
-      Ready{3, -5, "ext-a"},
+      Ready{3, -5, "ext-a", "applied: seccomp"},
       Health{99},
       Shutdown{2500},
       Log{5, "critical: \xff\xfe not utf-8", "a-skill"},
@@ -149,9 +149,9 @@ TEST(Msgpack, RoundTripEveryFrameType) {
 
 TEST(Msgpack, WireLayoutIsTheDocumentedOne) {
   EXPECT_EQ(encode(Cancel{7}), "\x03\0\0\0\x92\x03\x07"s);
-  Result<Frame> r = decode_one(Mp{}.arr(4).u(6).u(1).neg(-5).str("ext-a").frame());
+  Result<Frame> r = decode_one(Mp{}.arr(5).u(6).u(1).neg(-5).str("ext-a").str("").frame());
   ASSERT_TRUE(r.ok()) << r.error().to_string();
-  EXPECT_EQ(r.value(), Frame(Ready{1, -5, "ext-a"}));
+  EXPECT_EQ(r.value(), Frame(Ready{1, -5, "ext-a", ""}));
   r = decode_one(Mp{}.arr(8)
                      .u(1)
                      .u(1)
@@ -357,8 +357,8 @@ TEST(Msgpack, MalformedInputIsAnError) {
       {"trap out of range", response(3, 9).arr(0).b, "trap out of range"},
       {"log level", Mp{}.arr(4).u(9).u(7).str("m").str("s").b, "level out of range"},
       {"uint32 overflow", Mp{}.arr(2).u(8).u(1ull << 32).b, "grace_ms: value 4294967296 out of"},
-      {"pid overflow", Mp{}.arr(4).u(6).u(1).u(1ull << 31).str("n").b, "Ready.pid"},
-      {"pid underflow", Mp{}.arr(4).u(6).u(1).neg(-(1ll << 31) - 1).str("n").b, "Ready.pid"},
+      {"pid overflow", Mp{}.arr(5).u(6).u(1).u(1ull << 31).str("n").str("").b, "Ready.pid"},
+      {"pid underflow", Mp{}.arr(5).u(6).u(1).neg(-(1ll << 31) - 1).str("n").str("").b, "Ready.pid"},
       {"trailing garbage", Mp{}.arr(2).u(3).u(1).raw("\xc0").b, "1 trailing bytes"},
       {"truncated str", Mp{}.arr(3).u(5).u(1).raw("\xdb").be(10, 4).raw("ab").b, "insufficient"},
       {"truncated array", Mp{}.arr(8).u(1).u(1).b, "insufficient bytes"},

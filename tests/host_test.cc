@@ -4,9 +4,16 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <fstream>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <sstream>
 #include <thread>
 
 #include <spdlog/sinks/ringbuffer_sink.h>
@@ -23,6 +30,9 @@ namespace {
 std::string skill(const std::string& n) { return std::string(AIRLOCK_SKILL_DIR) + "/" + n + ".wasm"; }
 
 bool process_gone(int pid) {
+  // Extension::pid() is 0 once the host has reaped its process (kill(0, 0) would ask
+  // about our own process group).
+  if (pid <= 0) return true;
   if (kill(pid, 0) != 0) return true;
   std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
   std::string s;
@@ -39,6 +49,72 @@ bool wait_gone(int pid, std::chrono::milliseconds within) {
   }
   return process_gone(pid);
 }
+
+// Polls `done` every few milliseconds until it holds or `within` has passed: waits on
+// an event the test cannot be told of directly. Returns done().
+template <class Pred>
+bool wait_until(Pred done, std::chrono::milliseconds within) {
+  const auto end = std::chrono::steady_clock::now() + within;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= end) return done();
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+// CPU time (user + system, all threads) a process has used so far, in ms; -1 if unknown.
+long cpu_ms(int pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string s;
+  std::getline(f, s);
+  auto p = s.rfind(')');
+  if (p == std::string::npos) return -1;
+  std::istringstream in(s.substr(p + 1));
+  std::string skip;
+  for (int field = 3; field <= 13; ++field) in >> skip;  // state .. cmajflt
+  long utime = -1, stime = -1;
+  in >> utime >> stime;
+  if (!in || utime < 0 || stime < 0) return -1;
+  return (utime + stime) * 1000 / sysconf(_SC_CLK_TCK);
+}
+
+// A host service "hold" that never answers: it keeps each request, unanswered, and
+// counts them, so a test can wait until calls are really inside the extension (a
+// caller skill's request arrives only once the extension is running that call).
+// Declare it after the Host: it drops the requests while the host is still alive.
+class HoldService {
+ public:
+  explicit HoldService(Host& h) {
+    h.register_service("hold", [s = state_](ServiceRequest req) {
+      {
+        std::lock_guard lk(s->mu);
+        s->held.push_back(std::move(req));
+      }
+      s->cv.notify_all();
+    });
+  }
+  ~HoldService() {
+    std::lock_guard lk(state_->mu);
+    state_->held.clear();
+  }
+  // Waits until `n` requests have arrived; false if they did not within `within`.
+  bool wait_for(size_t n, std::chrono::milliseconds within) {
+    std::unique_lock lk(state_->mu);
+    return state_->cv.wait_for(lk, within, [&] { return state_->held.size() >= n; });
+  }
+  size_t count() {
+    std::lock_guard lk(state_->mu);
+    return state_->held.size();
+  }
+
+ private:
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<ServiceRequest> held;
+  };
+  std::shared_ptr<State> state_ = std::make_shared<State>();
+};
 
 uint64_t le64(const std::string& s) {
   uint64_t v = 0;
@@ -107,7 +183,9 @@ TEST_P(HostTest, TimeoutAndTheExtensionKeepsServing) {
   auto t0 = std::chrono::steady_clock::now();
   auto r = ext.call("spin", "");
   EXPECT_EQ(r.error().code, Code::Timeout) << r.error().to_string();
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 600ms);
+  // Generous: the 200 ms skill limit stopped it, not the extension's 10 s default limit
+  // or the host's 30 s call timeout (the exact margin is the benchmarks' business).
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
   CallOptions co;
   co.timeout = 100ms;
   EXPECT_EQ(ext.call("spin", "", co).error().code, Code::Timeout);
@@ -120,12 +198,15 @@ TEST_P(HostTest, CancelAWaitingCall) {
   ASSERT_TRUE(ext.load_skill("sleeper", skill("sleeper")).ok());
   std::promise<CallResult> p;
   auto id = ext.call_async("sleeper", "5000", {}, [&](CallResult r) { p.set_value(std::move(r)); });
-  std::this_thread::sleep_for(50ms);
+  // No pause needed: the call and the cancel are posted to the I/O thread's queue in
+  // this order (the Cancel frame follows the Request on the channel), and the host
+  // completes a cancelled call at once, without waiting for the extension.
   auto t0 = std::chrono::steady_clock::now();
   ext.cancel(id);
   auto r = p.get_future().get();
   EXPECT_EQ(r.error().code, Code::Cancelled);
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 200ms);
+  // Generous: well below the 5000 ms the sleeper would take to answer.
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2500ms);
 }
 
 TEST_P(HostTest, KillNineFailsInFlightCallsAndRestartRecovers) {
@@ -133,21 +214,26 @@ TEST_P(HostTest, KillNineFailsInFlightCallsAndRestartRecovers) {
   ExtensionOptions eo;
   eo.restart.mode = RestartPolicy::Mode::OnFailure;
   eo.restart.initial_backoff = 10ms;
+  HoldService hold(h);
   auto ext = spawn(h, "victim", eo);
+  ASSERT_TRUE(ext.load_skill("caller", skill("caller")).ok());
   ASSERT_TRUE(ext.load_skill("sleeper", skill("sleeper")).ok());
   int old_pid = ext.pid();
   std::vector<std::future<CallResult>> fs;
-  for (int i = 0; i < 100; ++i) fs.push_back(ext.call_async("sleeper", "5000"));
-  std::this_thread::sleep_for(100ms);
+  for (int i = 0; i < 100; ++i) fs.push_back(ext.call_async("caller", "hold|" + std::to_string(i)));
+  // All 100 are in flight in the extension, each suspended in its host-service call.
+  ASSERT_TRUE(hold.wait_for(100, 10s)) << hold.count() << " of 100 calls reached the extension";
   auto t0 = std::chrono::steady_clock::now();
   ASSERT_EQ(kill(old_pid, SIGKILL), 0);
+  // Generous: without the crash they would wait for the host's 30 s call timeout.
+  const auto fail_by = t0 + 10s;
   for (auto& f : fs) {
-    ASSERT_EQ(f.wait_for(1s), std::future_status::ready);
+    ASSERT_EQ(f.wait_until(fail_by), std::future_status::ready);
     auto r = f.get();
     ASSERT_EQ(r.error().code, Code::ExtensionCrashed) << r.error().to_string();
     EXPECT_THAT(r.error().message, HasSubstr("signal 9"));
   }
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
   // The restart reloads the skill; new calls succeed on the new process.
   auto deadline = std::chrono::steady_clock::now() + 5s;
   while (!ext.alive() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
@@ -161,7 +247,8 @@ TEST_P(HostTest, WithoutRestartACrashedExtensionSaysSo) {
   auto ext = spawn(h, "once");
   ASSERT_TRUE(ext.load_skill("echo", skill("echo")).ok());
   kill(ext.pid(), SIGKILL);
-  std::this_thread::sleep_for(200ms);
+  // The host has seen the process exit (and recorded why) once it reports it down.
+  ASSERT_TRUE(wait_until([&] { return !ext.alive() && ext.pid() == 0; }, 5s)) << "the exit was never noticed";
   auto r = ext.call("echo", "x");
   EXPECT_EQ(r.error().code, Code::ExtensionCrashed);
   EXPECT_THAT(r.error().message, HasSubstr("once"));
@@ -191,7 +278,7 @@ TEST_P(HostTest, ExtensionAndSkillLogLinesReachTheHostLogTagged) {
   sinks.erase(std::remove(sinks.begin(), sinks.end(), sink), sinks.end());
 }
 
-TEST_P(HostTest, ThousandConcurrentWaitsFinishWithinASecond) {
+TEST_P(HostTest, ThousandConcurrentWaitsOverlap) {
   Host h(opts());
   auto ext = spawn(h, "waits");
   ASSERT_TRUE(ext.load_skill("greet", skill("greet")).ok());
@@ -205,10 +292,12 @@ TEST_P(HostTest, ThousandConcurrentWaitsFinishWithinASecond) {
       if (--left == 0) all.set_value();
     });
   }
-  ASSERT_EQ(all.get_future().wait_for(5s), std::future_status::ready);
+  ASSERT_EQ(all.get_future().wait_for(60s), std::future_status::ready);
   auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_EQ(ok.load(), 1000);
-  EXPECT_LT(ms, 1000.0);
+  // Generous: one after another the 1000 waits of 100 ms would take 100 s; a tenth of
+  // that still proves they overlap (how fast they are is measured by a benchmark).
+  EXPECT_LT(ms, 10'000.0);
 }
 
 TEST_P(HostTest, CallsFromEightThreads) {
@@ -261,16 +350,27 @@ TEST_P(HostTest, DestroyingAHostWithCallsInFlightIsPromptAndLeavesNoProcess) {
   auto t0 = std::chrono::steady_clock::now();
   {
     Host h(opts());
+    HoldService hold(h);
     auto ext = spawn(h, "doomed");
     ASSERT_TRUE(ext.load_skill("sleeper", skill("sleeper")).ok());
     ASSERT_TRUE(ext.load_skill("spin", skill("spin")).ok());
+    ASSERT_TRUE(ext.load_skill("caller", skill("caller")).ok());
     pid = ext.pid();
     for (int i = 0; i < 20; ++i) fs.push_back(ext.call_async("sleeper", "10000"));
+    fs.push_back(ext.call_async("caller", "hold|x"));
+    // The extension takes requests in order on one loop: once the caller's host-service
+    // request has arrived, the 20 sleepers sent before it are suspended in their waits.
+    ASSERT_TRUE(hold.wait_for(1, 10s)) << "the calls never reached the extension";
+    const long cpu0 = cpu_ms(pid);
+    ASSERT_GE(cpu0, 0) << "cannot read the CPU time of " << pid;
     fs.push_back(ext.call_async("spin", ""));
-    std::this_thread::sleep_for(50ms);
+    // Its other calls only wait: the extension burns CPU once the spin is running.
+    ASSERT_TRUE(wait_until([&] { return cpu_ms(pid) >= cpu0 + 100; }, 10s)) << "the spin never ran";
     t0 = std::chrono::steady_clock::now();
   }
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1500ms);
+  // Generous: the calls would take 10 s (the sleepers, and the spin until its default
+  // limit), the host-service call 30 s (the default call timeout).
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
   EXPECT_TRUE(process_gone(pid));
   for (auto& f : fs) {
     ASSERT_EQ(f.wait_for(0s), std::future_status::ready);
@@ -283,7 +383,9 @@ TEST_P(HostTest, GracefulStopLetsInFlightCallsFinish) {
   auto ext = spawn(h, "graceful");
   ASSERT_TRUE(ext.load_skill("sleeper", skill("sleeper")).ok());
   auto f = ext.call_async("sleeper", "100");
-  std::this_thread::sleep_for(20ms);
+  // No pause needed: the call and stop()'s Shutdown are posted to the I/O thread in this
+  // order and travel in order on the one channel, so the extension has the call in
+  // flight when the Shutdown reaches it.
   int pid = ext.pid();
   ext.stop(2s);
   auto r = f.get();
@@ -364,7 +466,8 @@ TEST_F(SpawnTest, HandshakeTimeoutIsReported) {
   auto r = h.spawn(eo("silent"));
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.error().message, HasSubstr("did not report ready"));
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+  // Generous: the 1 s start_timeout ended it, not the 10 s default.
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
 }
 
 TEST_F(SpawnTest, MalformedFrameDisconnectsThePeerWithAClearError) {

@@ -52,6 +52,7 @@ bool wait_until(Pred p, std::chrono::milliseconds within) {
 }
 
 bool process_gone(int pid) {
+  if (pid <= 0) return true;  // Extension::pid() is 0 once reaped (kill(0, 0) asks about our group)
   if (kill(pid, 0) != 0) return true;
   std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
   std::string s;

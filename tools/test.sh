@@ -14,4 +14,8 @@ case "${1:-}" in
 esac
 "$ROOT/tools/setup.sh" --build-dir "$BUILD_DIR" "${SETUP_ARGS[@]}"
 cd "$BUILD_DIR"
-ctest --output-on-failure --timeout 300 -j2
+ctest --output-on-failure --timeout 120 -j2
+
+# Fuzzing smoke run: every decoder of untrusted bytes under libFuzzer for 10 s each, on
+# the corpus kept in build-fuzz/ (tools/fuzz.sh, tests/fuzz/README.md). Fails on a crash.
+"$ROOT/tools/fuzz.sh" --seconds 10

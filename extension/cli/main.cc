@@ -114,6 +114,11 @@ int run_cli(int argc, char** argv) {
   srv->add_option("--timeout-ms", so.default_timeout_ms, "Default time limit per call")->capture_default_str();
   srv->add_option("--max-total-memory-mb", so.max_total_memory_mb,
                   "Linear memory of all skill instances together")->capture_default_str();
+  std::string sandbox_mode = "on", sandbox_user;
+  srv->add_option("--sandbox", sandbox_mode, "on: namespaces, an empty root, no capabilities, seccomp; off: none")
+      ->capture_default_str()->check(CLI::IsMember({"on", "off"}));
+  srv->add_option("--sandbox-user", sandbox_user, "UID:GID to run as when started as root");
+  srv->add_option("--readable", so.sandbox.readable, "A path the extension may read (repeatable)");
   srv->add_option("--shm-output-min-bytes", so.shm_output_min_bytes,
                   "Outputs at least this large return in shared memory")->capture_default_str();
 
@@ -129,6 +134,17 @@ int run_cli(int argc, char** argv) {
   if (run->parsed()) return run_skill(ra);
   if (srv->parsed()) {
     so.encoding = *proto::parse_encoding(transport);
+    so.sandbox.enabled = sandbox_mode == "on";
+    so.sandbox.last_words_fd = so.side_fd;
+    if (!sandbox_user.empty()) {
+      unsigned uid = 0, gid = 0;
+      if (std::sscanf(sandbox_user.c_str(), "%u:%u", &uid, &gid) != 2) {
+        std::cerr << "error: --sandbox-user wants UID:GID, got '" << sandbox_user << "'\n";
+        return 2;
+      }
+      so.sandbox.uid = uid;
+      so.sandbox.gid = gid;
+    }
     return serve::serve(so);
   }
   if (zyg->parsed()) {

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -41,7 +42,7 @@ class ChannelSink final : public spdlog::sinks::base_sink<spdlog::details::null_
 
 class Server {
  public:
-  explicit Server(const ServeOptions& o) : opts_(o) {
+  Server(const ServeOptions& o, sandbox::Report report) : opts_(o), report_(std::move(report)) {
     uv_loop_init(&loop_);
     uv_timer_init(&loop_, &gone_timer_);
     gone_timer_.data = this;
@@ -87,7 +88,14 @@ class Server {
     auto logger = std::make_shared<spdlog::logger>(opts_.name, std::make_shared<ChannelSink>(this));
     logger->set_level(spdlog::get_level());
     spdlog::set_default_logger(logger);
-    (void)channel_->send(proto::Ready{proto::kProtocolVersion, static_cast<int32_t>(getpid()), opts_.name});
+    // The sandbox's second step: everything this process needs is set up (engine, loop,
+    // channel); from here on it runs under seccomp.
+    if (auto st = sandbox::lock_down(opts_.sandbox, report_); !st.ok()) {
+      spdlog::error("sandbox: {}", st.error().message);
+      return 4;
+    }
+    (void)channel_->send(proto::Ready{proto::kProtocolVersion, static_cast<int32_t>(getpid()), opts_.name,
+                                      report_.summary()});
     uv_run(&loop_, UV_RUN_DEFAULT);
     return exit_code_;
   }
@@ -265,6 +273,7 @@ class Server {
   }
 
   ServeOptions opts_;
+  sandbox::Report report_;
   uv_loop_t loop_{};
   std::unique_ptr<runtime::SkillRuntime> runtime_;
   std::unique_ptr<proto::Channel> channel_;
@@ -294,12 +303,20 @@ void ChannelSink::sink_it_(const spdlog::details::log_msg& msg) {
 }  // namespace
 
 int serve(const ServeOptions& options) {
-  // Die with the host: PDEATHSIG covers a crash after this point, the check covers one
-  // before it (our parent may already be gone and we were re-parented).
+  // The sandbox's first step, while this process has one thread (namespaces and
+  // capabilities are per thread; V8 starts threads).
+  sandbox::Report report;
+  if (auto st = sandbox::enter(options.sandbox, report); !st.ok()) {
+    std::fprintf(stderr, "airlock-extension: sandbox: %s\n", st.error().message.c_str());
+    return 4;
+  }
+  // Die with the host: PDEATHSIG covers a crash after this point (set after the
+  // credentials changed: that clears it), the check covers one before it (our parent may
+  // already be gone and we were re-parented).
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (options.parent_pid != 0 && getppid() != options.parent_pid) return 3;
   signal(SIGPIPE, SIG_IGN);
-  Server server(options);
+  Server server(options, std::move(report));
   return server.run();
 }
 

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "airlock/channel.h"
+#include "sandbox/sandbox.h"
 
 namespace airlock::serve {
 
@@ -21,6 +22,7 @@ struct ServeOptions {
   uint32_t default_timeout_ms = 10'000;
   uint32_t shm_output_min_bytes = 64 * 1024;  // larger outputs go back in shared memory
   uint32_t max_total_memory_mb = 2048;  // linear memory of all instances together (RuntimeLimits)
+  sandbox::Policy sandbox;
 };
 
 // Serves until the host says Shutdown or goes away. Returns the process exit code.

@@ -2,7 +2,9 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <future>
+#include <iterator>
 
 #include "host_impl.h"
 
@@ -143,6 +145,18 @@ const HostOptions& Host::options() const { return impl_->opts; }
 const std::string& Extension::name() const { return s_->opts.name; }
 int Extension::pid() const { return s_->pid; }
 bool Extension::alive() const { return s_->ready && !s_->stopping; }
+std::string Extension::sandbox_report() const { return s_->sandbox_report(); }
+
+namespace detail {
+std::string ExtensionState::sandbox_report() const {
+  std::lock_guard lk(report_mu_);
+  return sandbox_report_;
+}
+void ExtensionState::set_sandbox_report(std::string r) {
+  std::lock_guard lk(report_mu_);
+  sandbox_report_ = std::move(r);
+}
+}  // namespace detail
 
 namespace {
 // Runs a control request and waits for its answer on the calling thread.
@@ -160,16 +174,14 @@ CallResult control(const std::shared_ptr<ExtensionState>& s, std::function<proto
 }
 }  // namespace
 
+// The host reads the file and sends its bytes: an extension sees none of the host's
+// files (its sandbox has an empty root).
 Status Extension::load_skill(const std::string& skill, const std::string& wasm_path, std::optional<SkillLimits> limits) {
-  std::string abs = wasm_path;
-  if (!abs.empty() && abs[0] != '/') {
-    char cwd[4096];
-    if (getcwd(cwd, sizeof cwd)) abs = std::string(cwd) + "/" + abs;
-  }
-  if (access(abs.c_str(), R_OK) != 0) {
-    return make_error(Code::NotFound, s_->label() + ": skill '" + skill + "': cannot read '" + wasm_path + "'");
-  }
-  return load(skill, "", abs, limits);
+  std::ifstream f(wasm_path, std::ios::binary);
+  if (!f) return make_error(Code::NotFound, s_->label() + ": skill '" + skill + "': cannot read '" + wasm_path + "'");
+  std::string bytes((std::istreambuf_iterator<char>(f)), {});
+  if (f.bad()) return make_error(Code::NotFound, s_->label() + ": skill '" + skill + "': error reading '" + wasm_path + "'");
+  return load(skill, std::move(bytes), "", limits);
 }
 
 Status Extension::load_skill_bytes(const std::string& skill, std::span<const uint8_t> wasm, std::optional<SkillLimits> limits) {

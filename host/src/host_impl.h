@@ -128,6 +128,13 @@ class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
   std::shared_ptr<shm::Pool> pool;
 
   std::string label() const;  // "extension 'x' (pid 123)"
+
+  std::string sandbox_report() const;
+  void set_sandbox_report(std::string r);
+
+ private:
+  mutable std::mutex report_mu_;
+  std::string sandbox_report_;  // from the current process's Ready
 };
 
 // A SharedBuffer: from one extension's pool (owner set), or host-wide (owner null,
@@ -162,6 +169,9 @@ class HostImpl {
   // The extension broke the protocol or stopped answering: its calls fail with `why`,
   // the process is killed (and restarted per its policy once its exit is reaped).
   void cut_off(const std::shared_ptr<ExtensionState>& e, const std::string& why);
+  Status check_sandbox(ExtensionState& e, const std::string& report);
+  std::string sandbox_kill_text(ExtensionState& e);
+  bool sandbox_gap_reported_ = false;  // [loop]
 
   // [loop] calls.cc
   void send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, proto::Frame frame,

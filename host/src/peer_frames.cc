@@ -58,6 +58,10 @@ void HostImpl::on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&&
                             std::to_string(proto::kProtocolVersion) + " (a different airlock-extension build?)");
     }
     e->got_ready = true;  // its pid and name are not taken from it: the host knows both
+    if (auto st = check_sandbox(*e, ready->sandbox); !st.ok()) {
+      if (e->on_ready) return std::exchange(e->on_ready, nullptr)(std::move(st));
+      return cut_off(e, st.error().message);
+    }
     auto finish = [this, e](Status st) {
       if (st.ok()) {
         e->ready = true;
@@ -69,6 +73,33 @@ void HostImpl::on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&&
     return finish(ok_status());
   }
   cut_off(e, "sent a " + std::string(proto::frame_name(f)) + " frame, which only a host sends");
+}
+
+// What the extension says of its sandbox (Ready.sandbox, "applied: ...; missing: ...").
+// Said once per host when layers are missing (they are the same for every extension of
+// a machine); with SandboxOptions::required they fail the start. The report is only the
+// extension's word: what it cannot claim (being our child, its fds) the host checks
+// itself, and a lying extension only lies about its own confinement.
+Status HostImpl::check_sandbox(ExtensionState& e, const std::string& report) {
+  std::string text = report.substr(0, 1024);
+  for (char& c : text) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  }
+  e.set_sandbox_report(text);
+  if (!opts.sandbox.enabled) return ok_status();
+  const auto gap = text.find("missing: ");
+  const bool incomplete = gap != std::string::npos || text.rfind("applied: ", 0) != 0;
+  if (!incomplete) return ok_status();
+  const std::string missing = gap == std::string::npos ? "(no report)" : text.substr(gap + 9);
+  if (opts.sandbox.required) {
+    return make_error(Code::PermissionDenied, e.label() + ": the sandbox is required but incomplete: missing " + missing);
+  }
+  if (!sandbox_gap_reported_) {
+    sandbox_gap_reported_ = true;
+    spdlog::warn("sandbox: this machine does not allow every layer; extensions run without: {} "
+                 "(SandboxOptions::required makes this a spawn error)", missing);
+  }
+  return ok_status();
 }
 
 // A large output the extension returned in shared memory: copy it out, give it back.

@@ -203,7 +203,7 @@ bool signal_child(int pidfd, int sig) {
   return pidfd >= 0 && syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0) == 0;
 }
 
-bool try_reap(int pidfd, std::string* how) {
+bool try_reap(int pidfd, std::string* how, int* killed_by) {
   siginfo_t info{};
   if (waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd), &info, WEXITED | WNOHANG) != 0) {
     // ECHILD: someone else reaped it (an application calling waitpid(-1)).
@@ -211,6 +211,7 @@ bool try_reap(int pidfd, std::string* how) {
     return true;
   }
   if (info.si_pid == 0) return false;
+  if (killed_by) *killed_by = info.si_code == CLD_EXITED ? 0 : info.si_status;
   if (how) {
     if (info.si_code == CLD_EXITED) {
       *how = "exited with status " + std::to_string(info.si_status);

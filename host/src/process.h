@@ -61,7 +61,7 @@ bool signal_child(int pidfd, int sig);
 
 // Reaps the child if it has exited: true and a description ("exited with status 3",
 // "was killed by signal 9 (Killed)") in `how`; false while it still runs.
-bool try_reap(int pidfd, std::string* how);
+bool try_reap(int pidfd, std::string* how, int* killed_by = nullptr);
 
 // Kills (SIGKILL) and reaps a child we will not supervise, then closes its pidfd.
 void kill_and_reap(ChildProcess& child);

@@ -6,7 +6,10 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <seccomp.h>
+
 #include <csignal>
+#include <cstdlib>
 #include <future>
 
 #include "host_impl.h"
@@ -31,7 +34,12 @@ void HostImpl::start_process(const std::shared_ptr<ExtensionState>& e) {
                                    "--max-frame-bytes", std::to_string(opts.max_frame_bytes),
                                    "--max-memory-mb", std::to_string(lim.max_memory_mb),
                                    "--timeout-ms", std::to_string(lim.timeout_ms),
-                                   "--max-total-memory-mb", std::to_string(e->opts.max_memory_mb)};
+                                   "--max-total-memory-mb", std::to_string(e->opts.max_memory_mb),
+                                   "--sandbox", opts.sandbox.enabled ? "on" : "off"};
+  if (opts.sandbox.uid >= 0 && opts.sandbox.gid >= 0) {
+    argv.insert(argv.end(), {"--sandbox-user", std::to_string(opts.sandbox.uid) + ":" + std::to_string(opts.sandbox.gid)});
+  }
+  for (const auto& p : e->opts.readable) argv.insert(argv.end(), {"--readable", p});
   auto side = shm::FdChannel::pair();
   if (!side.ok()) {
     if (e->on_ready) std::exchange(e->on_ready, nullptr)(side.take_error());
@@ -125,9 +133,39 @@ void HostImpl::cut_off(const std::shared_ptr<ExtensionState>& e, const std::stri
   signal_child(e->proc.pidfd, SIGKILL);
 }
 
+namespace {
+// "execve" for a syscall number of this machine's architecture, else "number 1234".
+std::string syscall_name(uint64_t nr) {
+  if (nr <= 0xffff) {
+    if (char* name = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, static_cast<int>(nr))) {
+      std::string s = name;
+      free(name);
+      return s;
+    }
+  }
+  return "number " + std::to_string(nr);
+}
+}  // namespace
+
+// The kernel says the process died of SIGSYS: its seccomp filter killed it. Its SIGSYS
+// handler named the call on the side channel (a kLastWords message) just before; the
+// name is believed only because the kernel confirmed the death, and only names it.
+std::string HostImpl::sandbox_kill_text(ExtensionState& e) {
+  std::lock_guard lk(e.shm_mu);
+  std::optional<uint64_t> nr;
+  if (e.inbox && e.side.valid()) {
+    (void)e.inbox->pump(e.side);  // reads what is left; a bad message ends the read
+    nr = e.inbox->last_words();
+  }
+  return nr ? "was killed by the sandbox: syscall " + syscall_name(*nr)
+            : "was killed by the sandbox (signal SIGSYS; the call was not named)";
+}
+
 void HostImpl::on_process_exit(const std::shared_ptr<ExtensionState>& e) {
   std::string how;
-  if (!try_reap(e->proc.pidfd, &how)) return;  // spurious wake-up
+  int killed_by = 0;
+  if (!try_reap(e->proc.pidfd, &how, &killed_by)) return;  // spurious wake-up
+  if (killed_by == SIGSYS) how = sandbox_kill_text(*e);
   if (!e->disconnect_reason.empty()) how += " after being cut off (" + std::exchange(e->disconnect_reason, "") + ")";
   bool expected = e->stopping.load();
   if (!expected) spdlog::warn("{} {}", e->label(), how);

@@ -57,6 +57,23 @@ struct ExtensionOptions {
   uint32_t max_memory_mb = 2048;
   RestartPolicy restart;
   std::chrono::milliseconds start_timeout = 10s;  // spawn -> ready
+  // Files or folders the extension may read (absolute paths, bound read-only into its
+  // otherwise empty root). Skills are sent as bytes: an extension needs none to run.
+  std::vector<std::string> readable;
+};
+
+// The OS sandbox every extension runs in (docs/SECURITY.md): its own user, mount,
+// network, ipc and uts namespaces, an empty read-only root, no capabilities,
+// no_new_privs, and a seccomp-BPF allow-list. Layers the kernel does not allow (no
+// unprivileged user namespaces, say) are reported once, by name, and left out.
+struct SandboxOptions {
+  bool enabled = true;
+  // A layer that cannot be applied fails the spawn instead (PermissionDenied naming it).
+  bool required = false;
+  // When the host runs as root: run extensions as this uid:gid (-1: root inside their
+  // user namespace, which is still no capability outside it).
+  int uid = -1;
+  int gid = -1;
 };
 
 // Bounds that hold whatever an extension sends or does (docs/SECURITY.md). Past one, the
@@ -117,6 +134,7 @@ struct HostOptions {
   // extension names, or "*" for all. The default lets every extension of this host call
   // every such service; set {} to make each registration name its callers.
   std::vector<std::string> default_service_access = {"*"};
+  SandboxOptions sandbox;
 };
 
 // Who may call a host service. Checked on every request.
@@ -223,6 +241,9 @@ class Extension {
   const std::string& name() const;
   int pid() const;     // current process id, 0 while down
   bool alive() const;  // running and ready
+  // The sandbox layers the current process reported ("applied: userns,...; missing: ...").
+  // Its own words, for people: the host's checks do not rest on it.
+  std::string sandbox_report() const;
 
   Status load_skill(const std::string& skill, const std::string& wasm_path, std::optional<SkillLimits> limits = {});
   Status load_skill_bytes(const std::string& skill, std::span<const uint8_t> wasm,

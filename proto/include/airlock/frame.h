@@ -20,7 +20,8 @@ constexpr uint32_t kDefaultMaxFrameBytes = 64u << 20;
 constexpr uint32_t kMaxShmRefs = 1024;
 // Log levels use spdlog's numbering: 0 trace .. 5 critical, 6 off.
 constexpr uint8_t kMaxLogLevel = 6;
-// 2: Log carries the skill apart from the message (the host writes the prefix).
+// 2: Log carries the skill apart from the message (the host writes the prefix); Ready
+//    reports the sandbox.
 constexpr uint32_t kProtocolVersion = 2;
 
 // A slice of a shared memory buffer that was passed earlier (by SCM_RIGHTS) and is
@@ -82,6 +83,7 @@ struct Ready {
   uint32_t protocol_version = kProtocolVersion;
   int32_t pid = 0;
   std::string name;
+  std::string sandbox;  // what the extension's sandbox applied and missed (for the host's report)
   bool operator==(const Ready&) const = default;
 };
 

@@ -16,7 +16,7 @@
 //   3 Cancel       [3, id]
 //   4 LoadSkill    [4, id, name:str, wasm:bin, path:str, max_memory_pages, timeout_ms]
 //   5 UnloadSkill  [5, id, name:str]
-//   6 Ready        [6, protocol_version, pid:int, name:str]
+//   6 Ready        [6, protocol_version, pid:int, name:str, sandbox:str]   (protocol version 2)
 //   7 Health       [7, id]
 //   8 Shutdown     [8, grace_ms]
 //   9 Log          [9, level, message:str, skill:str]   (protocol version 2)

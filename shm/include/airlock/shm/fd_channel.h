@@ -55,14 +55,20 @@ Result<std::optional<Received>> recv_fds(int sock, size_t max_bytes, size_t max_
 // {u8 kind, u8[7] zero, u64 id, u64 size}; kAnnounce carries exactly one fd, the others
 // none. kAnnounce/kDrop: "here is my buffer id" / "forget it". kReturn goes the other
 // way: "I have read your buffer id; you may write it again" (the release handshake for
-// pooled buffers that carry outputs).
+// pooled buffers that carry outputs). kLastWords (extension -> host, no fd): the id is
+// the number of the syscall the sandbox killed the process for, written by its SIGSYS
+// handler just before it dies; the host believes it only when the kernel says the
+// process did die of SIGSYS, and only to name the call in its error.
 struct SideMessage {
-  enum class Kind : uint8_t { kAnnounce = 1, kDrop = 2, kReturn = 3 };
+  enum class Kind : uint8_t { kAnnounce = 1, kDrop = 2, kReturn = 3, kLastWords = 4 };
   Kind kind = Kind::kAnnounce;
   uint64_t id = 0;
   uint64_t size = 0;  // kAnnounce only
   UniqueFd fd;        // kAnnounce only
 };
+
+// Every side message is this long.
+constexpr size_t kSideMessageBytes = 24;
 
 // Parses one received side message: exactly 24 bytes, and exactly the fds its kind
 // carries (one for kAnnounce, none otherwise). InvalidArgument otherwise, and `fds` are

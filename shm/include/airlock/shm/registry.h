@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -58,7 +59,10 @@ class Registry {
   // first bad message and returns its error (a peer that sends one is misbehaving).
   // Drains the side channel: announcements are added, drops released; kReturn messages
   // (about buffers *we* shared) go to `on_return`.
+  // kLastWords is kept for last_words().
   Status pump(FdChannel& channel, const std::function<void(uint64_t id)>& on_return = {});
+  // The syscall number of the peer's last kLastWords message, if one came (clear() forgets it).
+  std::optional<uint64_t> last_words() const;
 
   Result<View> resolve(const proto::ShmRef& ref) const;
   // Ends the sender's hold; the mapping goes once no View uses it. Unknown -> NotFound.
@@ -79,6 +83,7 @@ class Registry {
   mutable std::mutex mu_;
   mutable std::unordered_map<uint64_t, Entry> entries_;
   mutable uint64_t bytes_ = 0;
+  std::optional<uint64_t> last_words_;  // under mu_
 };
 
 class Exporter {

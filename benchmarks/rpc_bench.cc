@@ -308,6 +308,10 @@ struct Remote {
   std::unique_ptr<Host> host;
   std::optional<Extension> ext;
   std::string error;
+  // small_int_unsandboxed: the same call with HostOptions::sandbox off (its own host).
+  std::unique_ptr<Host> open_host;
+  std::optional<Extension> open_ext;
+  std::string open_error;
 };
 
 struct Contexts {
@@ -367,6 +371,45 @@ struct Contexts {
     return *r;
   }
 };
+
+// The sandbox's cost: small_int on an extension of a host with the sandbox off, started
+// beside the sandboxed ones (same transport, same run).
+Prepared prepare_unsandboxed(Contexts& cx, const std::string& transport) {
+  Remote& r = cx.get_remote(transport);
+  if (!r.error.empty()) return failed(r.error);
+  if (!r.open_host && r.open_error.empty()) {
+    HostOptions ho;
+    ho.transport = transport == "grpc" ? Transport::Grpc : Transport::Msgpack;
+    ho.extension_binary = cx.cfg.extension_binary;
+    ho.log_level = "warn";
+    ho.use_zygote = cx.cfg.zygote;
+    ho.sandbox.enabled = false;
+    ho.default_limits = {kSkillMemoryMb, static_cast<uint32_t>(cx.cfg.timeout.count())};
+    ho.default_call_timeout = cx.cfg.timeout;
+    r.open_host = std::make_unique<Host>(ho);
+    ExtensionOptions eo;
+    eo.name = "bench-" + transport + "-unsandboxed";
+    auto ext = r.open_host->spawn(eo);
+    if (!ext.ok()) {
+      r.open_error = "spawn: " + ext.error().to_string();
+    } else if (auto st = ext->load_skill("echo", cx.cfg.skills_dir + "/echo.wasm"); !st.ok()) {
+      r.open_error = "loading echo: " + st.error().to_string();
+    } else {
+      r.open_ext = *ext;
+      warm_up([&](const std::string& skill, const std::string& input) { return skill == "echo" && ext->call(skill, input).ok(); });
+    }
+  }
+  if (!r.open_error.empty()) return failed(r.open_error);
+  const TestData& p = test_data("small_int");
+  Extension ext = *r.open_ext;
+  return {[ext, &p](milliseconds left) mutable -> Timed {
+            auto t0 = Clock::now();
+            auto res = ext.call(p.skill, p.input, {.timeout = left});
+            double us = us_since(t0);
+            return {us, res.ok() ? check(*res, p) : res.error().to_string()};
+          },
+          "", ""};
+}
 
 Prepared prepare_local(Contexts& cx, const std::string& test) {
   Local& l = cx.get_local();
@@ -434,6 +477,9 @@ std::vector<TestDef> make_tests(Contexts& cx, const std::vector<std::string>& tr
       bool large = cat == "large";  // inline (through the channel) and shm variants
       t.push_back({large ? k + "_inline" : k, tr, cat, base, [&cx, tr, k] { return prepare_call(cx, tr, k); }});
       if (large) t.push_back({k + "_shm", tr, cat, base, [&cx, tr, k] { return prepare_shm(cx, tr, k); }});
+      if (k == "small_int") {
+        t.push_back({"small_int_unsandboxed", tr, cat, base, [&cx, tr] { return prepare_unsandboxed(cx, tr); }});
+      }
     }
   }
   return t;
@@ -529,7 +575,8 @@ nlohmann::json to_json(const Row& r) {
   return j;
 }
 
-void print_report(const std::vector<Row>& rows, const Config& cfg, const std::string& mode, const Machine& m) {
+// Prints the table and the targets; returns how many printed targets were missed.
+int print_report(const std::vector<Row>& rows, const Config& cfg, const std::string& mode, const Machine& m) {
   std::string bar(100, '=');
   std::printf("%s\nAIRLOCK RPC BENCHMARK RESULTS  (%s: %d warm-up + %d measured iterations per test, times in µs)\n%s\n",
               bar.c_str(), mode.c_str(), cfg.warmup, cfg.iterations, bar.c_str());
@@ -575,11 +622,15 @@ void print_report(const std::vector<Row>& rows, const Config& cfg, const std::st
     return nullptr;
   };
   std::printf("\nTargets (this run):\n");
+  int missed = 0;
   auto target = [&](const std::string& what, const Row* r, double ratio, double limit) {
+    const bool met = r && r->status == "ok" && !std::isnan(ratio) && ratio <= limit;
+    if (r && r->status == "ok" && !std::isnan(ratio) && !met) ++missed;
+    if (r && r->status != "ok") ++missed;
     std::string v = !r                 ? "not run"
                     : r->status != "ok" ? r->status + ": " + r->error
                     : std::isnan(ratio) ? "no comparison (a baseline did not run)"
-                                        : strf("%.2f× (target ≤ %g×) %s", ratio, limit, ratio <= limit ? "met" : "NOT MET");
+                                        : strf("%.2f× (target ≤ %g×) %s", ratio, limit, met ? "met" : "NOT MET");
     std::printf("  %-58s %s\n", what.c_str(), v.c_str());
   };
   for (const auto& tr : {std::string("msgpack"), std::string("grpc")}) {
@@ -601,7 +652,17 @@ void print_report(const std::vector<Row>& rows, const Config& cfg, const std::st
   for (const auto& tr : {std::string("msgpack"), std::string("grpc")}) {
     if (const Row* r = get("chain_host_ext_host_ext", tr)) target(tr + " chain_host_ext_host_ext median vs small_int", r, r->note_ratio, 3);
   }
+  // The OS sandbox (issue 11): at most 5 % on a small call.
+  for (const auto& tr : {std::string("msgpack"), std::string("grpc")}) {
+    const Row* on = get("small_int", tr);
+    const Row* off = get("small_int_unsandboxed", tr);
+    if (on && off) {
+      const double ratio = on->status == "ok" && off->status == "ok" ? on->s.median / off->s.median : kNaN;
+      target(tr + " small_int sandboxed vs small_int_unsandboxed", off->status == "ok" ? on : off, ratio, 1.05);
+    }
+  }
   std::printf("\nSummary: %zu successful, %zu failed, %zu skipped (Total: %zu)\n", n_ok, n_failed, n_skipped, rows.size());
+  return missed;
 }
 
 }  // namespace
@@ -620,7 +681,8 @@ int main(int argc, char** argv) {
   app.add_option("--filter", filter, "Only tests whose name or transport/name matches this regex (their baselines run too)");
   app.add_option("--json", json_path, "Also write the results as JSON to this file");
   app.add_option("--timeout", timeout_s, "Per-test time budget in seconds (warm-up included); a test past it fails")->capture_default_str()->check(CLI::PositiveNumber);
-  bool no_zygote = false;
+  bool no_zygote = false, check_targets = false;
+  app.add_flag("--check", check_targets, "Exit 1 if a printed target is missed (or a test failed)");
   app.add_flag("--no-zygote", no_zygote, "Start extensions with exec instead of forking them from a zygote");
   app.add_option("--skills-dir", cfg.skills_dir, "Folder with the sample skills (.wasm)")->capture_default_str();
   app.add_option("--extension", cfg.extension_binary, "airlock-extension binary (default: the host library's choice)");
@@ -689,7 +751,7 @@ int main(int argc, char** argv) {
   add_ratios(rows);
 
   Machine m = machine();
-  print_report(rows, cfg, mode, m);
+  const int missed = print_report(rows, cfg, mode, m);
   if (!json_path.empty()) {
     nlohmann::json res = nlohmann::json::array();
     for (const auto& r : rows) res.push_back(to_json(r));
@@ -716,5 +778,9 @@ int main(int argc, char** argv) {
   }
   for (const auto& r : rows)
     if (r.status == "failed") return 1;
+  if (check_targets && missed > 0) {
+    std::fprintf(stderr, "--check: %d target(s) missed\n", missed);
+    return 1;
+  }
   return 0;
 }

@@ -68,7 +68,12 @@ TEST_P(SandboxProbe, ARunningExtensionIsConfined) {
   ExtensionOptions eo;
   eo.name = "probe";
   eo.env = {"DECLARED=1"};
-  eo.readable = {AIRLOCK_SKILL_DIR};
+  // A declared folder under /tmp: the sandbox builds its new root on /tmp, which must not
+  // hide what it binds from there.
+  const fs::path shared_dir = fs::temp_directory_path() / ("airlock-readable-" + std::to_string(getpid()));
+  fs::create_directories(shared_dir);
+  { std::ofstream(shared_dir / "data.txt") << "declared"; }
+  eo.readable = {AIRLOCK_SKILL_DIR, shared_dir.string()};
   auto ext = h.spawn(eo);
   ASSERT_TRUE(ext.ok()) << ext.error().to_string();
   ASSERT_TRUE(ext->load_skill("echo", skill("echo")).ok());
@@ -112,6 +117,7 @@ TEST_P(SandboxProbe, ARunningExtensionIsConfined) {
     EXPECT_FALSE(fs::exists(root + "/tmp/" + fs::path(secret).filename().string()));
     EXPECT_FALSE(fs::exists(root + "/proc/self"));
     EXPECT_TRUE(fs::exists(root + skill("echo")));
+    EXPECT_EQ(read_all(root + (shared_dir / "data.txt").string()), "declared");
   }
   if (report.find("netns") != std::string::npos && report.find("netns:") == std::string::npos) {
     // No interface but loopback.
@@ -126,6 +132,7 @@ TEST_P(SandboxProbe, ARunningExtensionIsConfined) {
   }
   close(leak);
   fs::remove(secret);
+  fs::remove_all(shared_dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(StartPaths, SandboxProbe, ::testing::Values(true, false),

@@ -59,21 +59,47 @@ Status empty_root(const std::vector<std::string>& readable) {
     }
   }
   if (!scratch) return make_error(Code::PermissionDenied, "no directory to build the new root on");
-  if (mount("airlock", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=256k,mode=0755") != 0) {
-    return fail("mount tmpfs");
-  }
+  // Hold each readable path by an O_PATH descriptor first: the tmpfs mounted next may
+  // hide it (a path under /tmp, say), and the bind below goes through /proc/self/fd.
+  struct Source {
+    std::string path;
+    int fd;
+    bool dir;
+  };
+  std::vector<Source> sources;
+  auto close_sources = [&] {
+    for (auto& src : sources) close(src.fd);
+  };
+  auto bail = [&](const char* what) {  // errno is read before the closes change it
+    Status st = fail(what);
+    close_sources();
+    return st;
+  };
   for (const auto& p : readable) {
     struct stat st {};
-    if (p.empty() || p[0] != '/' || stat(p.c_str(), &st) != 0) {
+    int fd = p.empty() || p[0] != '/' ? -1 : open(p.c_str(), O_PATH | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) != 0) {
+      if (fd >= 0) close(fd);
+      close_sources();
       return make_error(Code::InvalidArgument, "readable path '" + p + "' is not an existing absolute path");
     }
-    const std::string target = std::string(scratch) + p;
-    if (!make_mount_point(scratch, p, S_ISDIR(st.st_mode))) return fail("mount point");
-    if (mount(p.c_str(), target.c_str(), nullptr, MS_BIND | MS_REC, nullptr) != 0) return fail("bind a readable path");
+    sources.push_back({p, fd, S_ISDIR(st.st_mode)});
+  }
+  if (mount("airlock", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=256k,mode=0755") != 0) {
+    return bail("mount tmpfs");
+  }
+  for (const auto& src : sources) {
+    const std::string target = std::string(scratch) + src.path;
+    const std::string from = "/proc/self/fd/" + std::to_string(src.fd);
+    if (!make_mount_point(scratch, src.path, src.dir)) return bail("mount point");
+    if (mount(from.c_str(), target.c_str(), nullptr, MS_BIND | MS_REC, nullptr) != 0) {
+      return bail("bind a readable path");
+    }
     if (mount(nullptr, target.c_str(), nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, nullptr) != 0) {
-      return fail("make a readable path read-only");
+      return bail("make a readable path read-only");
     }
   }
+  close_sources();
   const std::string old = std::string(scratch) + "/.old";
   if (mkdir(old.c_str(), 0700) != 0) return fail("mkdir .old");
   if (syscall(SYS_pivot_root, scratch, old.c_str()) != 0) return fail("pivot_root");

@@ -1,7 +1,10 @@
 // The loop thread, spawn(), and the public Host / Extension facade.
 #include <spdlog/spdlog.h>
+#include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <fstream>
 #include <future>
 #include <iterator>
@@ -33,6 +36,13 @@ HostImpl::HostImpl(HostOptions o) : opts(std::move(o)) {
   wake_.data = this;
   std::promise<void> started;
   thread_ = std::thread([this, &started] {
+    // A write to a socket whose extension just died must be EPIPE, not SIGPIPE (which
+    // would kill the application). SIGPIPE goes to the writing thread, so blocking it
+    // here is enough, and the application's own disposition is left alone.
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
     loop_thread_id_ = std::this_thread::get_id();
     started.set_value();
     uv_run(&loop_, UV_RUN_DEFAULT);
@@ -49,7 +59,20 @@ HostImpl::~HostImpl() {
     uv_close(reinterpret_cast<uv_handle_t*>(&wake_), nullptr);
   });
   thread_.join();
-  uv_run(&loop_, UV_RUN_DEFAULT);
+  {
+    // The last close callbacks run here, on the caller's thread: as on the loop thread,
+    // a dead peer's socket must not raise SIGPIPE. A SIGPIPE left pending is taken
+    // before the caller's mask comes back.
+    sigset_t pipe, old;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, &old);
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    const timespec now{0, 0};
+    while (sigtimedwait(&pipe, nullptr, &now) == SIGPIPE) {
+    }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  }
   uv_loop_close(&loop_);
 }
 

@@ -134,6 +134,9 @@ Status lock_down(const Policy& p, Report& r) {
   scmp_filter_ctx f = seccomp_init(g_audit ? SCMP_ACT_TRAP : SCMP_ACT_ERRNO(EPERM));
   if (!f) return make_error(Code::Internal, "seccomp_init failed");
   int rc = seccomp_attr_set(f, SCMP_FLTATR_CTL_TSYNC, 1);  // every thread, V8's and gRPC's too
+  // A binary tree over syscall numbers instead of a linear list: ~10 BPF instructions per
+  // syscall instead of ~100 (libseccomp >= 2.5; older ones keep the list).
+  (void)seccomp_attr_set(f, SCMP_FLTATR_CTL_OPTIMIZE, 2);
   for (const char* s : kAllowed) rc = rc ? rc : add(f, SCMP_ACT_ALLOW, s);
   // (In audit mode the default action is the trap already: libseccomp refuses a rule
   // that repeats the default.)

@@ -15,7 +15,14 @@ void HostImpl::send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, 
                                                         " calls in flight already (HostLimits::max_calls_in_flight)"));
   }
   Status sent = e->channel->send(frame);
-  e->queued_bytes = e->channel->queued_bytes();
+  // A write that finds the peer gone closes the channel inside send(): its close callback
+  // (on_channel_closed) has taken e->channel away by the time send() returns. The call
+  // then stays pending until the exit is reaped (at most ~1 s: a process that hung up
+  // is killed), so that it fails with the reason ("was killed by the sandbox: ...").
+  e->queued_bytes = e->channel ? e->channel->queued_bytes() : 0;
+  if (sent.ok() && !e->channel && e->proc.pidfd < 0) {
+    return done(make_error(Code::ExtensionCrashed, e->label() + " hung up"));
+  }
   if (!sent.ok()) {
     const bool full = sent.error().code == Code::ResourceExhausted && e->queued_bytes > 0;
     return done(make_error(sent.error().code, e->label() + ": " + sent.error().message +

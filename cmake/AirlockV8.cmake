@@ -17,7 +17,8 @@ function(_airlock_v8_version_ok include_dir out)
   endif()
 endfunction()
 
-set(_candidates "${AIRLOCK_V8_PREFIX}" "${CMAKE_SOURCE_DIR}/.deps/libnode/usr" "/usr")
+# Relative to this file, not CMAKE_SOURCE_DIR: Airlock may be an add_subdirectory() of another project.
+set(_candidates "${AIRLOCK_V8_PREFIX}" "${CMAKE_CURRENT_LIST_DIR}/../.deps/libnode/usr" "/usr")
 set(_found "")
 foreach(_p IN LISTS _candidates)
   if(_p STREQUAL "")

@@ -195,7 +195,7 @@ TEST_P(ChannelTest, FramesSentBeforeThePeerExistsArrive) {
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
   ext_.ch = make_channel(GetParam(), Role::Extension, &loop_, sv[1]);
-  const Ready ready{kProtocolVersion, 42, "early"};
+  const Ready ready{kProtocolVersion, 42, "early", ""};
   ASSERT_TRUE(ext_.ch->send(ready).ok());
   start(ext_);
   run_for(20ms);

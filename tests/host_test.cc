@@ -484,3 +484,20 @@ TEST_F(SpawnTest, MalformedFrameDisconnectsThePeerWithAClearError) {
 }
 
 }  // namespace
+
+namespace {
+TEST(ResultValue, OnAnErrorThrowsTheErrorItself) {
+  HostOptions o;
+  o.extension_binary = "/nonexistent/airlock-extension";
+  Host h(o);
+  ExtensionOptions eo;
+  eo.name = "nowhere";
+  try {
+    (void)h.spawn(eo).value();
+    FAIL() << "value() of a failed spawn returned";
+  } catch (const BadResultAccess& e) {
+    EXPECT_EQ(e.error().code, Code::NotFound);
+    EXPECT_THAT(e.what(), HasSubstr("/nonexistent/airlock-extension"));
+  }
+}
+}  // namespace

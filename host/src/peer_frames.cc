@@ -12,6 +12,7 @@
 #include <new>
 
 #include "host_impl.h"
+#include "log_gate.h"
 
 namespace airlock::detail {
 
@@ -33,7 +34,15 @@ void HostImpl::on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&&
       e->unanswered_ended--;  // a late answer to a call that timed out or was cancelled
       return;
     }
-    CallResult res = r->code == Code::Ok && !r->shm_refs.empty() ? take_shared_output(*e, *r) : proto::result_of(std::move(*r));
+    const bool failed = r->code != Code::Ok;
+    CallResult res = !failed && !r->shm_refs.empty() ? take_shared_output(*e, *r) : proto::result_of(std::move(*r));
+    if (failed && !res.ok()) {
+      // The extension's words: one line, cut (an error is for people, 4 KiB is plenty),
+      // and prefixed with who said it ("extension 'x' (pid N): skill 'y': ...").
+      Error err = res.take_error();
+      err.message = e->label() + ": " + escape_log_text(err.message, opts.limits.max_log_line_bytes);
+      res = std::move(err);
+    }
     return complete_pending(*e, id, std::move(res));
   }
   if (auto* req = std::get_if<proto::Request>(&f)) {

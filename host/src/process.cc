@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -236,6 +237,18 @@ void kill_and_reap(ChildProcess& child) {
   child = {};
 }
 
+namespace {
+// The folder of the file this function is in: libairlock.so, or the program the static
+// library is linked into.
+std::filesystem::path own_folder() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&find_extension_binary), &info) == 0 || !info.dli_fname) return {};
+  std::error_code ec;
+  auto p = std::filesystem::canonical(info.dli_fname, ec);
+  return ec ? std::filesystem::path() : p.parent_path();
+}
+}  // namespace
+
 Result<std::string> find_extension_binary(const std::string& configured) {
   namespace fs = std::filesystem;
   std::vector<std::string> tried;
@@ -256,9 +269,14 @@ Result<std::string> find_extension_binary(const std::string& configured) {
   if (!ec && usable((self.parent_path() / "airlock-extension").string())) {
     return (self.parent_path() / "airlock-extension").string();
   }
-#ifdef AIRLOCK_DEFAULT_EXTENSION_BIN
-  if (usable(AIRLOCK_DEFAULT_EXTENSION_BIN)) return std::string(AIRLOCK_DEFAULT_EXTENSION_BIN);
-#endif
+  // Installed: <prefix>/lib/libairlock.so -> <prefix>/libexec/airlock/airlock-extension;
+  // the build tree has the same layout (build/host/, build/tests/ ... -> build/libexec/).
+  if (auto dir = own_folder(); !dir.empty()) {
+    for (const fs::path& rel : {fs::path(AIRLOCK_LIBEXEC_FROM_LIBDIR), fs::path("../libexec/airlock")}) {
+      auto candidate = (dir / rel / "airlock-extension").lexically_normal().string();
+      if (usable(candidate)) return candidate;
+    }
+  }
   std::string msg = "airlock-extension not found (tried:";
   for (auto& t : tried) msg += " " + t;
   return make_error(Code::NotFound, msg + "); set HostOptions::extension_binary or $AIRLOCK_EXTENSION");

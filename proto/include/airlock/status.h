@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -54,7 +55,18 @@ inline Error make_error(Code c, std::string msg, TrapKind t = TrapKind::None) {
   return Error{c, std::move(msg), t};
 }
 
+// What Result::value() throws when it holds an Error: the Error itself, and its text.
+class BadResultAccess : public std::runtime_error {
+ public:
+  explicit BadResultAccess(Error e) : std::runtime_error(e.to_string()), error_(std::move(e)) {}
+  const Error& error() const noexcept { return error_; }
+
+ private:
+  Error error_;
+};
+
 // A value or an Error. Small on purpose: g++ 12 in C++20 mode has no std::expected.
+// value() (and * and ->) on an Error throws BadResultAccess carrying it.
 template <class T>
 class [[nodiscard]] Result {
  public:
@@ -62,9 +74,18 @@ class [[nodiscard]] Result {
   Result(Error e) : v_(std::move(e)) {}  // NOLINT(google-explicit-constructor)
   bool ok() const { return v_.index() == 0; }
   explicit operator bool() const { return ok(); }
-  T& value() & { return std::get<0>(v_); }
-  const T& value() const& { return std::get<0>(v_); }
-  T&& value() && { return std::get<0>(std::move(v_)); }
+  T& value() & {
+    check();
+    return std::get<0>(v_);
+  }
+  const T& value() const& {
+    check();
+    return std::get<0>(v_);
+  }
+  T&& value() && {
+    check();
+    return std::get<0>(std::move(v_));
+  }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
@@ -74,6 +95,9 @@ class [[nodiscard]] Result {
   Error&& take_error() { return std::get<1>(std::move(v_)); }
 
  private:
+  void check() const {
+    if (!ok()) throw BadResultAccess(std::get<1>(v_));
+  }
   std::variant<T, Error> v_;
 };
 

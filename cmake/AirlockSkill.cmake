@@ -1,20 +1,28 @@
-# AirlockSkill: build Airlock skills (WebAssembly, docs/SKILL_ABI.md) from C sources.
+# AirlockSkill: build Airlock skills (WebAssembly, docs/SKILL_ABI.md) from C and C++
+# sources.
 #
-#   airlock_add_skill(<name> SOURCES <src>... [OUTPUT_DIR <dir>] [NO_ASYNCIFY])
+#   airlock_add_skill(<name> SOURCES <src>... [OUTPUT_DIR <dir>] [NO_ASYNCIFY]
+#                     [COMPILE_OPTIONS <flag>...] [LINK_OPTIONS <flag>...])
 #
 # Builds <OUTPUT_DIR>/<name>.wasm (default ${AIRLOCK_SKILL_OUTPUT_DIR}) with custom
 # commands, independent of the project's C/C++ toolchain:
-#   1. every source, and the SDK's airlock_skill.c, is compiled with
-#      clang-19 --target=wasm32-wasi --sysroot=${AIRLOCK_WASI_SYSROOT} -O2;
+#   1. every source, and the SDK's airlock_skill.c, is compiled for wasm32-wasi
+#      (--sysroot=${AIRLOCK_WASI_SYSROOT} -O2): .c with clang-19, .cpp/.cc/.cxx/.C with
+#      clang++-19 against Debian's wasm32 libc++ (-std=${AIRLOCK_SKILL_CXX_STANDARD},
+#      -fno-exceptions: see docs/SKILL_ABI.md, "C++");
 #   2. the objects are linked as a WASI reactor with a 64 KiB C stack at the bottom of
-#      linear memory (AIRLOCK_SKILL_STACK_SIZE) and stripped;
+#      linear memory (AIRLOCK_SKILL_STACK_SIZE) and stripped (with clang++-19, and so
+#      libc++ and libc++abi, when there is a C++ source);
 #   3. wasm-opt -O2 runs asyncify over it so airlock.wait / airlock.call can suspend
 #      (NO_ASYNCIFY: -O2 only; such a module must not import wait or call).
 # Creates the target skill_<name>, a dependency of the umbrella target airlock_skills
 # (ALL). Works from the source tree and from an installed copy: the SDK is looked up
 # relative to this file unless AIRLOCK_SDK_DIR is set.
 #
-# Debian packages: clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32 binaryen.
+# clock() works (wasi-libc's emulation over the monotonic clock is linked in).
+#
+# Debian packages: clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32 binaryen, and
+# for C++ libc++-19-dev-wasm32 libc++abi-19-dev-wasm32.
 
 include_guard(GLOBAL)
 
@@ -42,6 +50,7 @@ set(AIRLOCK_WASI_SYSROOT "/usr" CACHE PATH
     "WASI sysroot for skills (Debian's wasi-libc: /usr, libraries in lib/wasm32-wasi)")
 set(AIRLOCK_SKILL_STACK_SIZE 65536 CACHE STRING
     "C (shadow) stack size of a skill in bytes, in linear memory")
+set(AIRLOCK_SKILL_CXX_STANDARD c++20 CACHE STRING "-std= of C++ skill sources")
 
 find_program(AIRLOCK_WASM_CLANG NAMES clang-19
              PATHS /usr/lib/llvm-19/bin
@@ -51,6 +60,10 @@ if(NOT AIRLOCK_WASM_CLANG)
                       "clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32 "
                       "(or set AIRLOCK_WASM_CLANG).")
 endif()
+# Only needed for C++ sources: airlock_add_skill() says so if one is used without it.
+find_program(AIRLOCK_WASM_CLANGXX NAMES clang++-19
+             PATHS /usr/lib/llvm-19/bin
+             DOC "clang++ used to compile C++ skills to wasm32-wasi")
 find_program(AIRLOCK_WASM_OPT NAMES wasm-opt DOC "binaryen wasm-opt (asyncify)")
 if(NOT AIRLOCK_WASM_OPT)
   message(FATAL_ERROR "AirlockSkill: wasm-opt not found. Install the Debian package "
@@ -62,7 +75,7 @@ if(NOT TARGET airlock_skills)
 endif()
 
 function(airlock_add_skill name)
-  cmake_parse_arguments(PARSE_ARGV 1 S "NO_ASYNCIFY" "OUTPUT_DIR" "SOURCES")
+  cmake_parse_arguments(PARSE_ARGV 1 S "NO_ASYNCIFY" "OUTPUT_DIR" "SOURCES;COMPILE_OPTIONS;LINK_OPTIONS")
   if(S_UNPARSED_ARGUMENTS)
     message(FATAL_ERROR "airlock_add_skill(${name}): unknown arguments: ${S_UNPARSED_ARGUMENTS}")
   endif()
@@ -85,7 +98,15 @@ function(airlock_add_skill name)
   set(sdk_header "${sdk_include}/airlock/skill.h")
   set(work_dir "${CMAKE_CURRENT_BINARY_DIR}/${name}.skill")
   set(common_flags --target=wasm32-wasi "--sysroot=${AIRLOCK_WASI_SYSROOT}")
-  set(cflags ${common_flags} -O2 -Wall -Wextra "-I${sdk_include}")
+  set(cflags ${common_flags} -O2 -Wall -Wextra "-I${sdk_include}" -D_WASI_EMULATED_PROCESS_CLOCKS
+      ${S_COMPILE_OPTIONS})
+  # C++ without exceptions: Debian's wasm32 libc++abi has no unwinder (-fwasm-exceptions
+  # fails to link: no _Unwind_CallPersonality), and asyncify cannot transform wasm
+  # exception handling anyway. What would throw aborts instead (a failing `new`, .at()
+  # out of range): the call traps with Trap(unreachable).
+  set(cxxflags ${cflags} "-std=${AIRLOCK_SKILL_CXX_STANDARD}" -fno-exceptions)
+  set(link_driver "${AIRLOCK_WASM_CLANG}")
+  set(link_libs -lwasi-emulated-process-clocks)
 
   # Header dependencies beyond skill.h come from compiler depfiles where supported.
   set(use_depfile OFF)
@@ -102,6 +123,19 @@ function(airlock_add_skill name)
     endif()
     string(MAKE_C_IDENTIFIER "${rel}" obj_name)
     set(obj "${work_dir}/${obj_name}.o")
+    if(src_abs MATCHES "\\.(cpp|cc|cxx|C|c\\+\\+)$")
+      if(NOT AIRLOCK_WASM_CLANGXX)
+        message(FATAL_ERROR "airlock_add_skill(${name}): ${rel} is C++ but clang++-19 was not found. "
+                            "Install the Debian packages clang-19 libc++-19-dev-wasm32 "
+                            "libc++abi-19-dev-wasm32 (or set AIRLOCK_WASM_CLANGXX).")
+      endif()
+      set(compiler "${AIRLOCK_WASM_CLANGXX}")
+      set(flags ${cxxflags})
+      set(link_driver "${AIRLOCK_WASM_CLANGXX}")
+    else()
+      set(compiler "${AIRLOCK_WASM_CLANG}")
+      set(flags ${cflags})
+    endif()
     set(depfile_args "")
     set(depfile_opt "")
     if(use_depfile)
@@ -111,7 +145,7 @@ function(airlock_add_skill name)
     add_custom_command(
       OUTPUT "${obj}"
       COMMAND "${CMAKE_COMMAND}" -E make_directory "${work_dir}"
-      COMMAND "${AIRLOCK_WASM_CLANG}" ${cflags} ${depfile_args} -c "${src_abs}" -o "${obj}"
+      COMMAND "${compiler}" ${flags} ${depfile_args} -c "${src_abs}" -o "${obj}"
       DEPENDS "${src_abs}" "${sdk_header}"
       ${depfile_opt}
       COMMENT "Compiling skill ${name}: ${rel}"
@@ -126,10 +160,10 @@ function(airlock_add_skill name)
   set(linked "${work_dir}/${name}.linked.wasm")
   add_custom_command(
     OUTPUT "${linked}"
-    COMMAND "${AIRLOCK_WASM_CLANG}" ${common_flags} -mexec-model=reactor
+    COMMAND "${link_driver}" ${common_flags} -mexec-model=reactor
             -Wl,--strip-all -Wl,--keep-section=target_features
             -Wl,--stack-first "-Wl,-z,stack-size=${AIRLOCK_SKILL_STACK_SIZE}"
-            ${objects} -o "${linked}"
+            ${S_LINK_OPTIONS} ${objects} ${link_libs} -o "${linked}"
     DEPENDS ${objects}
     COMMENT "Linking skill ${name}"
     VERBATIM)

@@ -36,6 +36,7 @@ fi
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32 libclang-rt-19-dev binaryen wabt
+  libc++-19-dev-wasm32 libc++abi-19-dev-wasm32
   libuv1-dev libmsgpack-cxx-dev libspdlog-dev libfmt-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libseccomp-dev libcli11-dev nlohmann-json3-dev

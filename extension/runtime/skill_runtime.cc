@@ -503,4 +503,10 @@ const std::unordered_map<std::string, engine::FuncType>& provided_imports() {
 }
 }  // namespace
 
+std::optional<engine::FuncType> provided_import_type(std::string_view module, std::string_view name) {
+  auto it = provided_imports().find(std::string(module) + "." + std::string(name));
+  if (it == provided_imports().end()) return std::nullopt;
+  return it->second;
+}
+
 }  // namespace airlock::runtime

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -90,6 +91,10 @@ struct RuntimeStats {
   uint64_t memory_bytes = 0;  // linear memory of live instances (RuntimeLimits::max_memory_bytes)
   size_t instances = 0;       // live instances
 };
+
+// The type of a function the runtime provides to skills (module "airlock" or
+// "wasi_snapshot_preview1"), or nullopt if it provides no such import.
+std::optional<engine::FuncType> provided_import_type(std::string_view module, std::string_view name);
 
 class SkillRuntime {
  public:

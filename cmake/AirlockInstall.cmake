@@ -1,7 +1,7 @@
 # `cmake --install build --prefix P` (README, examples/outside): what an application
 # outside this tree needs, and nothing that points back into it.
 #
-#   P/include/airlock/{host.h,status.h}         the host API
+#   P/include/airlock/{host.h,manifest.h,status.h}  the host API
 #   P/lib/libairlock.so*                        Airlock::host (everything else inside)
 #   P/lib/cmake/Airlock/                        find_package(Airlock): Airlock::host,
 #                                               airlock_add_skill(), AIRLOCK_EXTENSION_BINARY
@@ -14,7 +14,7 @@ include(CMakePackageConfigHelpers)
 
 set(AIRLOCK_CMAKE_INSTALL_DIR "${CMAKE_INSTALL_LIBDIR}/cmake/Airlock")
 
-install(FILES host/include/airlock/host.h proto/include/airlock/status.h
+install(FILES host/include/airlock/host.h host/include/airlock/manifest.h proto/include/airlock/status.h
         DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/airlock" COMPONENT host)
 install(TARGETS airlock EXPORT AirlockTargets
         LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}" COMPONENT host)

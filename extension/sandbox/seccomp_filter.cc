@@ -103,7 +103,7 @@ int add(scmp_filter_ctx f, uint32_t action, const char* name, std::initializer_l
 
 std::vector<std::string> allowed_syscalls() {
   std::vector<std::string> v(std::begin(kAllowed), std::end(kAllowed));
-  for (const char* s : {"clone (threads only)", "kill, tgkill, tkill (itself only)", "ioctl (FIONBIO, FIONREAD, FIOCLEX, FIONCLEX)",
+  for (const char* s : {"clone (threads only)", "kill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo (itself only)", "ioctl (FIONBIO, FIONREAD, FIOCLEX, FIONCLEX)",
                         "prctl (PR_SET_NAME, PR_GET_NAME)", "prlimit64 (reading only)", "clone3 (ENOSYS: threads fall back to clone)"}) {
     v.emplace_back(s);
   }

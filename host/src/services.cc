@@ -89,6 +89,10 @@ void HostImpl::on_service_request(const std::shared_ptr<ExtensionState>& e, prot
   if (!h.handler && !h.blocking) {
     return reply_service(s, make_error(Code::NotFound, "no host service '" + s->service + "' (called by " + s->info.chain + ")"));
   }
+  if (e->opts.services && std::find(e->opts.services->begin(), e->opts.services->end(), s->service) == e->opts.services->end()) {
+    return reply_service(s, make_error(Code::PermissionDenied, "extension '" + e->opts.name + "' may not call host service '" +
+                                                                   s->service + "' (ExtensionOptions::services)"));
+  }
   if (!allowed(h.allow, e->opts.name)) {
     return reply_service(s, make_error(Code::PermissionDenied, "extension '" + e->opts.name + "' may not call host service '" +
                                                                    s->service + "' (ServiceOptions::allow)"));

@@ -60,6 +60,9 @@ struct ExtensionOptions {
   // Files or folders the extension may read (absolute paths, bound read-only into its
   // otherwise empty root). Skills are sent as bytes: an extension needs none to run.
   std::vector<std::string> readable;
+  // Host services its skills may call, by name; nullopt: every service whose
+  // ServiceOptions::allow admits it. Both must agree: this narrows, never widens.
+  std::optional<std::vector<std::string>> services;
 };
 
 // The OS sandbox every extension runs in (docs/SECURITY.md): its own user, mount,

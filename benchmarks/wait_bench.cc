@@ -34,14 +34,17 @@ int main(int argc, char** argv) {
   std::vector<std::string> transports = {"msgpack", "grpc"};
   std::string json_path;
   app.add_option("-n,--calls", n, "Concurrent calls")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--wait-ms", wait_ms, "How long each call waits inside the skill")->capture_default_str();
-  app.add_option("--kb", kb, "Kilobytes each call allocates (greet)")->capture_default_str();
+  app.add_option("--wait-ms", wait_ms, "How long each call waits inside the skill")->capture_default_str()
+      ->check(CLI::Range(0, 600'000).description("0 to 600000"));
+  app.add_option("--kb", kb, "Kilobytes each call allocates (greet)")->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20).description("0 to 1048576"));
   app.add_option("--transport", transports, "msgpack, grpc or both")->capture_default_str()
       ->check(CLI::IsMember({"msgpack", "grpc"}));
   app.add_option("--json", json_path, "Also write the results as JSON to this file");
   CLI11_PARSE(app, argc, argv);
 
   nlohmann::json rows = nlohmann::json::array();
+  int failed_calls = 0;
   std::printf("%-8s %6s %8s | %9s %9s %9s | %9s %9s %9s %5s\n", "transport", "calls", "wait ms", "total ms",
               "median ms", "p99 ms", "host RSS", "ext RSS", "ext PSS", "ok");
   for (const auto& t : transports) {
@@ -82,7 +85,12 @@ int main(int argc, char** argv) {
     rows.push_back({{"transport", t}, {"calls", n}, {"wait_ms", wait_ms}, {"kb", kb}, {"total_ms", total},
                     {"median_ms", s.median}, {"p99_ms", s.p99}, {"host_rss_mb", host_rss},
                     {"ext_rss_mb", ext_rss}, {"ext_pss_mb", ext_pss}, {"ok", ok.load()}});
+    failed_calls += n - ok.load();
   }
   if (!json_path.empty()) write_results(json_path, rows);
+  if (failed_calls > 0) {
+    std::fprintf(stderr, "wait_bench: %d call(s) failed\n", failed_calls);
+    return 1;
+  }
   return 0;
 }

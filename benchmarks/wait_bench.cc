@@ -45,8 +45,9 @@ int main(int argc, char** argv) {
 
   nlohmann::json rows = nlohmann::json::array();
   int failed_calls = 0;
-  std::printf("%-8s %6s %8s | %9s %9s %9s | %9s %9s %9s %5s\n", "transport", "calls", "wait ms", "total ms",
-              "median ms", "p99 ms", "host RSS", "ext RSS", "ext PSS", "ok");
+  std::printf("%-8s %6s %8s | %9s %9s %9s | %9s %9s %9s | %9s %9s %9s %5s\n", "transport", "calls", "wait ms",
+              "total ms", "median ms", "p99 ms", "host RSS", "ext RSS", "ext PSS", "ext RSS0", "ext after",
+              "after 1s", "ok");
   for (const auto& t : transports) {
     HostOptions ho;
     ho.transport = t == "grpc" ? Transport::Grpc : Transport::Msgpack;
@@ -61,6 +62,9 @@ int main(int argc, char** argv) {
     }
     std::fprintf(stderr, "[%s] %d calls waiting %d ms each...\n", t.c_str(), n, wait_ms);
     std::string input = "W," + std::to_string(kb) + "," + std::to_string(wait_ms);
+    const std::string ep0 = "/proc/" + std::to_string(ext->pid());
+    (void)ext->call("greet", "W,0,0");  // the first instance exists before the baseline
+    const double ext_rss0 = field_mb(ep0 + "/status", "VmRSS:");
     std::vector<double> lat(static_cast<size_t>(n));
     std::atomic<int> ok{0}, left{n};
     std::promise<void> all;
@@ -79,12 +83,17 @@ int main(int argc, char** argv) {
     double ext_rss = field_mb(ep + "/status", "VmRSS:"), ext_pss = field_mb(ep + "/smaps_rollup", "Pss:");
     all.get_future().wait();
     double total = us_since(t0) / 1000;
+    // Does the memory of finished calls go back? Right after, and after a second idle.
+    const double ext_after = field_mb(ep + "/status", "VmRSS:");
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    const double ext_idle = field_mb(ep + "/status", "VmRSS:");
     auto s = summarize(lat);
-    std::printf("%-8s %6d %8d | %9.1f %9.1f %9.1f | %8.1fM %8.1fM %8.1fM %5d\n", t.c_str(), n, wait_ms, total, s.median,
-                s.p99, host_rss, ext_rss, ext_pss, ok.load());
+    std::printf("%-8s %6d %8d | %9.1f %9.1f %9.1f | %8.1fM %8.1fM %8.1fM | %8.1fM %8.1fM %8.1fM %5d\n", t.c_str(), n,
+                wait_ms, total, s.median, s.p99, host_rss, ext_rss, ext_pss, ext_rss0, ext_after, ext_idle, ok.load());
     rows.push_back({{"transport", t}, {"calls", n}, {"wait_ms", wait_ms}, {"kb", kb}, {"total_ms", total},
                     {"median_ms", s.median}, {"p99_ms", s.p99}, {"host_rss_mb", host_rss},
-                    {"ext_rss_mb", ext_rss}, {"ext_pss_mb", ext_pss}, {"ok", ok.load()}});
+                    {"ext_rss_mb", ext_rss}, {"ext_pss_mb", ext_pss}, {"ext_rss_before_mb", ext_rss0},
+                    {"ext_rss_after_mb", ext_after}, {"ext_rss_after_idle_mb", ext_idle}, {"ok", ok.load()}});
     failed_calls += n - ok.load();
   }
   if (!json_path.empty()) write_results(json_path, rows);

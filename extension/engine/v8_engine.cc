@@ -4,6 +4,7 @@
 // `WebAssembly.Instance` constructor with an import object built once per module from
 // the engine's host functions. Each Engine owns one isolate and one context, entered
 // for the lifetime of the Engine on its thread.
+#include <malloc.h>
 #include <libplatform/libplatform.h>
 #include <v8-wasm.h>
 #include <v8.h>
@@ -158,7 +159,13 @@ class V8Engine final : public Engine, public Caller {
     terminating_.store(true, std::memory_order_relaxed);
     iso_->TerminateExecution();
   }
-  void reclaim() override { iso_->LowMemoryNotification(); }
+  // A full GC frees the dropped instances' memories (mmap'ed: back to the kernel at
+  // once); malloc_trim then returns what their wrappers, asyncify buffers and call
+  // state left in glibc's arenas (150 calls of 1 MiB: +17 MB RSS for good without it).
+  void reclaim() override {
+    iso_->LowMemoryNotification();
+    malloc_trim(0);
+  }
   void cancel_termination() override {
     terminating_.store(false, std::memory_order_relaxed);
     heap_exhausted_.store(false, std::memory_order_relaxed);
@@ -386,5 +393,7 @@ std::unique_ptr<Engine> create_v8_engine(const EngineConfig& config) {
   e->bind_isolate_data();
   return e;
 }
+
+std::string engine_version() { return std::string("V8 ") + v8::V8::GetVersion(); }
 
 }  // namespace airlock::engine

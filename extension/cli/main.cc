@@ -1,81 +1,70 @@
-// airlock-extension: the extension process. `run` tries a skill without a host;
-// `serve` (started by the host library) serves calls over an inherited socket.
+// airlock-extension: the extension process. `run` tries a skill without a host and
+// `inspect` describes one (docs/CLI.md); `serve` (started by the host library) serves
+// calls over an inherited socket; `zygote` forks new extensions for the host.
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
-#include <uv.h>
-
-#include <unistd.h>
 
 #include <cstdio>
-#include <fstream>
 #include <iostream>
-#include <iterator>
+#include <string_view>
 
-#include "runtime/skill_runtime.h"
+#include "cli/commands.h"
+#include "cli/exit_codes.h"
 #include "cli/zygote.h"
+#include "engine/engine.h"
 #include "serve/server.h"
+
+#ifndef AIRLOCK_VERSION
+#define AIRLOCK_VERSION "unknown"
+#endif
 
 using namespace airlock;
 
+namespace airlock::cli {
+
+std::string exit_code_table() {
+  std::string t =
+      "Exit codes:\n"
+      "   0  ok\n"
+      "   1  internal error of airlock-extension itself\n"
+      "   2  usage: bad or missing arguments, unknown subcommand, unreadable --input-file\n"
+      "      or --services\n"
+      "   3  the skill could not be loaded (not wasm, not a skill, an import not provided, ...)\n";
+  for (uint8_t c = 1; c <= kMaxCode; ++c) {
+    char line[80];
+    std::snprintf(line, sizeof line, "  %2d  the call failed: %s\n", exit_code_for(static_cast<Code>(c)),
+                  std::string(to_string(static_cast<Code>(c))).c_str());
+    t += line;
+  }
+  return t;
+}
+
+}  // namespace airlock::cli
+
 namespace {
 
-struct RunArgs {
-  std::string skill_path;
-  std::string input;
-  std::string input_file;
-  std::string func = "run";
-  uint32_t timeout_ms = 10'000;
-  uint32_t max_memory_mb = 64;
-  std::string fresh = "reset";
-  bool quiet = false;
-};
+constexpr const char* kSubcommands[] = {"run", "inspect", "serve", "zygote"};
+const std::vector<std::string> kLogLevels = {"trace", "debug", "info",     "warn", "warning",
+                                             "error", "err",   "critical", "off"};
 
-int run_skill(const RunArgs& a) {
-  std::string input = a.input;
-  if (!a.input_file.empty()) {
-    std::ifstream f(a.input_file, std::ios::binary);
-    if (!f) {
-      std::cerr << "error: cannot read input file '" << a.input_file << "'\n";
-      return 2;
+// The first argument that is not an option (or the value of --log-level) is the
+// subcommand; one that does not exist is named, rather than CLI11's generic complaint.
+bool check_subcommand(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a == "--log-level") {
+      ++i;
+      continue;
     }
-    input.assign(std::istreambuf_iterator<char>(f), {});
-  }
-  runtime::SkillLimits limits;
-  limits.timeout_ms = a.timeout_ms;
-  limits.max_memory_mb = a.max_memory_mb;
-  limits.fresh = a.fresh == "reinstantiate" ? runtime::FreshState::Reinstantiate
-               : a.fresh == "reuse"         ? runtime::FreshState::Reuse
-                                            : runtime::FreshState::Reset;
-  uv_loop_t loop;
-  uv_loop_init(&loop);
-  int rc = 1;
-  {
-    runtime::SkillRuntime rt(&loop);
-    std::string name = a.skill_path.substr(a.skill_path.find_last_of('/') + 1);
-    if (name.size() > 5 && name.ends_with(".wasm")) name.resize(name.size() - 5);
-    if (auto st = rt.load_file(name, a.skill_path, limits); !st.ok()) {
-      std::cerr << "error: " << st.error().to_string() << "\n";
-      return 1;
+    if (a.starts_with("-")) continue;
+    for (const char* s : kSubcommands) {
+      if (a == s) return true;
     }
-    runtime::CallOptions opts;
-    opts.func = a.func;
-    rt.call(name, std::move(input), opts, [&](Result<std::string> r) {
-      if (r.ok()) {
-        std::fwrite(r->data(), 1, r->size(), stdout);
-        if (!a.quiet && (r->empty() || r->back() != '\n') && isatty(1)) std::fputc('\n', stdout);
-        std::fflush(stdout);
-        rc = 0;
-      } else {
-        std::cerr << "error: " << r.error().to_string() << "\n";
-        rc = 1;
-      }
-    });
-    uv_run(&loop, UV_RUN_DEFAULT);
+    std::cerr << "error: unknown subcommand '" << a << "' (expected run, inspect, serve or zygote; see --help)\n";
+    return false;
   }
-  uv_run(&loop, UV_RUN_DEFAULT);  // let closed handles finish
-  uv_loop_close(&loop);
-  return rc;
+  return true;
 }
 
 }  // namespace
@@ -83,25 +72,74 @@ int run_skill(const RunArgs& a) {
 int run_cli(int argc, char** argv) {
   CLI::App app{"airlock-extension: runs WebAssembly skills for an Airlock host"};
   app.require_subcommand(1);
+  app.set_version_flag("--version",
+                       std::string("airlock-extension ") + AIRLOCK_VERSION + " (skill ABI 1, " +
+                           engine::engine_version() + ")",
+                       "Print the version of airlock-extension and of its WebAssembly engine");
   std::string log_level = "info";
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical, off")->capture_default_str();
+  app.add_option("--log-level", log_level, "Log level (spdlog names): trace, debug, info, warn, error, critical, off")
+      ->capture_default_str()
+      ->check(CLI::IsMember(kLogLevels))
+      ->type_name("LEVEL");
+  const std::string exit_codes = cli::exit_code_table();
 
-  RunArgs ra;
-  auto* run = app.add_subcommand("run", "Run one skill function once, without a host, and print its output");
+  cli::RunArgs ra;
+  auto* run = app.add_subcommand(
+      "run", "Call one skill function without a host (host services stubbed) and print its output");
+  run->fallthrough();  // global options (--log-level) after the subcommand too
   run->add_option("skill", ra.skill_path, "Path to the skill's .wasm file")->required()->check(CLI::ExistingFile);
-  auto* in = run->add_option("--input", ra.input, "Input bytes, as a string");
-  run->add_option("--input-file", ra.input_file, "Read the input from this file")->excludes(in);
-  run->add_option("--func", ra.func, "Skill function to call")->capture_default_str();
-  run->add_option("--timeout-ms", ra.timeout_ms, "Wall-clock limit for the call, waits included")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  run->add_option("--max-memory-mb", ra.max_memory_mb, "Maximum linear memory of the skill")
-      ->capture_default_str()->check(CLI::Range(1, 4096));
+  auto* func_pos = run->add_option("function", ra.func_positional, "Skill function to call (default: run)");
+  run->add_option("--func", ra.func, "Skill function to call (same as the positional FUNCTION)")
+      ->capture_default_str()
+      ->excludes(func_pos);
+  auto* in = run->add_option_function<std::string>(
+                    "--input",
+                    [&ra](const std::string& v) {
+                      ra.input = v;
+                      ra.input_set = true;
+                    },
+                    "Input bytes, as a string ('-': read stdin)")
+                 ->type_name("TEXT");
+  auto* in_file = run->add_option("--input-file", ra.input_file, "Read the input from this file ('-': stdin)")
+                      ->excludes(in);
+  run->add_flag("--stdin", ra.read_stdin, "Read the input from stdin")->excludes(in)->excludes(in_file);
+  run->add_option("--timeout-ms", ra.timeout_ms, "Wall-clock limit for each call, waits included (1..86400000)")
+      ->capture_default_str()
+      ->check(CLI::Range(uint32_t{1}, uint32_t{86'400'000}));
+  run->add_option("--max-memory-mb", ra.max_memory_mb, "Maximum linear memory of the skill (1..4096)")
+      ->capture_default_str()
+      ->check(CLI::Range(uint32_t{1}, uint32_t{4096}));
   run->add_option("--fresh", ra.fresh, "Fresh state per call: reset, reinstantiate or reuse")
-      ->capture_default_str()->check(CLI::IsMember({"reset", "reinstantiate", "reuse"}));
+      ->capture_default_str()
+      ->check(CLI::IsMember({"reset", "reinstantiate", "reuse"}));
+  run->add_flag("--json", ra.json, "Print one JSON object {ok, code, message, trap, output, ms} instead of the output");
+  run->add_option("--loop", ra.loop, "Call N times in a row and print timing (median, p99) to stderr (1..1000000)")
+      ->capture_default_str()
+      ->check(CLI::Range(uint32_t{1}, uint32_t{1'000'000}))
+      ->type_name("N");
+  run->add_option("--service", ra.services, "Stub a host service: NAME=REPLY (repeatable)")->type_name("NAME=REPLY");
+  run->add_option("--services", ra.services_file,
+                  "Stub host services from a JSON object: name -> reply (a string; {\"error\": \"Code\", "
+                  "\"message\": ...} to fail)")
+      ->check(CLI::ExistingFile)
+      ->type_name("FILE");
+  run->footer(exit_codes);
+
+  cli::InspectArgs ia;
+  auto* insp = app.add_subcommand(
+      "inspect", "Describe a skill: ABI version, exports, imports (with types), memory limits, asyncify");
+  insp->fallthrough();
+  insp->add_option("skill", ia.skill_path, "Path to the skill's .wasm file")->required()->check(CLI::ExistingFile);
+  insp->add_flag("--json", ia.json, "Print one JSON object");
+  insp->add_option("--max-memory-mb", ia.max_memory_mb, "Memory limit to load it with (1..4096)")
+      ->capture_default_str()
+      ->check(CLI::Range(uint32_t{1}, uint32_t{4096}));
+  insp->footer(exit_codes);
 
   serve::ServeOptions so;
   std::string transport = "msgpack";
   auto* srv = app.add_subcommand("serve", "Serve a host over an inherited socket (started by the host library)");
+  srv->fallthrough();
   srv->add_option("--fd", so.fd, "Inherited connected AF_UNIX socket")->capture_default_str();
   srv->add_option("--side-fd", so.side_fd, "Inherited SOCK_SEQPACKET side channel for shared memory (-1: none)")
       ->capture_default_str();
@@ -124,14 +162,26 @@ int run_cli(int argc, char** argv) {
 
   int zygote_fd = 3;
   auto* zyg = app.add_subcommand("zygote", "Fork new extensions on request (started by the host library)");
+  zyg->fallthrough();
   zyg->add_option("--fd", zygote_fd, "Inherited SOCK_SEQPACKET socket to the host")->capture_default_str();
 
-  CLI11_PARSE(app, argc, argv);
+  app.footer(exit_codes);
+
+  if (!check_subcommand(argc, argv)) return cli::kExitUsage;
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {  // --help, --version
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);  // prints the message
+    return cli::kExitUsage;
+  }
   // Not registered by name: a zygote's child runs this again in the same address space.
   spdlog::set_default_logger(std::make_shared<spdlog::logger>(
       "airlock-extension", std::make_shared<spdlog::sinks::stderr_color_sink_st>()));
   spdlog::set_level(spdlog::level::from_str(log_level));
-  if (run->parsed()) return run_skill(ra);
+  if (run->parsed()) return cli::run_command(ra);
+  if (insp->parsed()) return cli::inspect_command(ia);
   if (srv->parsed()) {
     so.encoding = *proto::parse_encoding(transport);
     so.sandbox.enabled = sandbox_mode == "on";
@@ -140,7 +190,7 @@ int run_cli(int argc, char** argv) {
       unsigned uid = 0, gid = 0;
       if (std::sscanf(sandbox_user.c_str(), "%u:%u", &uid, &gid) != 2) {
         std::cerr << "error: --sandbox-user wants UID:GID, got '" << sandbox_user << "'\n";
-        return 2;
+        return cli::kExitUsage;
       }
       so.sandbox.uid = uid;
       so.sandbox.gid = gid;
@@ -155,7 +205,14 @@ int run_cli(int argc, char** argv) {
       return run_cli(static_cast<int>(args.size()), av.data());
     });
   }
-  return 2;
+  return cli::kExitUsage;
 }
 
-int main(int argc, char** argv) { return run_cli(argc, argv); }
+int main(int argc, char** argv) {
+  try {
+    return run_cli(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "error: internal: " << e.what() << "\n";
+    return cli::kExitInternal;
+  }
+}

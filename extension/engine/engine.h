@@ -112,5 +112,7 @@ class Engine {
 
 // One engine per thread; V8's process-wide state is initialised on first use.
 std::unique_ptr<Engine> create_v8_engine(const EngineConfig& config = {});
+// "V8 10.2.154.26-node.xx": the engine's version, without initialising it.
+std::string engine_version();
 
 }  // namespace airlock::engine

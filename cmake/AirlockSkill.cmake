@@ -15,6 +15,9 @@
 #      libc++ and libc++abi, when there is a C++ source);
 #   3. wasm-opt -O2 runs asyncify over it so airlock.wait / airlock.call can suspend
 #      (NO_ASYNCIFY: -O2 only; such a module must not import wait or call).
+# COMPILE_OPTIONS are added to every compile (C and C++, e.g. -DNAME=1, or -I with an
+# absolute path: commands run in the build tree),
+# LINK_OPTIONS to the link (e.g. -Wl,--export=name).
 # Creates the target skill_<name>, a dependency of the umbrella target airlock_skills
 # (ALL). Works from the source tree and from an installed copy: the SDK is looked up
 # relative to this file unless AIRLOCK_SDK_DIR is set.

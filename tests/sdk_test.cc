@@ -62,7 +62,7 @@ TEST_F(SdkFixture, CppGlobalsVirtualsAndStdFunctionWork) {
   load("cxx_features");
   auto r = call("cxx_features", "1234");
   ASSERT_TRUE(r.ok()) << r.error().to_string();
-  EXPECT_EQ(*r, "one 16 33 abab");  // kNames[4 % 3], 4*4, 2*16+1
+  EXPECT_EQ(*r, "one 16 33 abab 7");  // kNames[4 % 3], 4*4, 2*16+1, COMPILE_OPTIONS
 }
 
 TEST_F(SdkFixture, CppOutOfRangeWithoutExceptionsTraps) {
@@ -153,6 +153,16 @@ TEST_F(SdkFixture, EveryWasiImportAnswersWithAnErrno) {
       {"poll_oneoff_many 0", kInval},
   };
   EXPECT_EQ(got, want) << *r;
+}
+
+TEST_F(SdkFixture, WasiPointersOutOfBoundsTrapTheCall) {
+  load("wasi_all");
+  auto r = call("wasi_all", "", {.func = "poll_oob"});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Code::InvalidArgument) << r.error().to_string();
+  EXPECT_THAT(r.error().message, HasSubstr("out-of-bounds buffer"));
+  auto again = call("wasi_all", "");  // the skill lives on, in a fresh instance
+  EXPECT_TRUE(again.ok()) << again.error().to_string();
 }
 
 TEST_F(SdkFixture, RuntimeProvidesAllOfWasiPreview1) {

@@ -1,6 +1,7 @@
 // cxx_features (C++, for sdk_test): a global object with a constructor (run by
 // _initialize), virtual dispatch, std::function and templates; `at` indexes a vector
 // with .at(), which without exceptions aborts (the call traps) when out of range.
+// CXX_FEATURES_TAG comes from airlock_add_skill(... COMPILE_OPTIONS -DCXX_FEATURES_TAG=7).
 #include <airlock/skill.h>
 
 #include <functional>
@@ -31,7 +32,8 @@ AIRLOCK_SKILL(run) {
   std::unique_ptr<Shape> s = std::make_unique<Square>(static_cast<int>(input_len));
   std::function<int(int)> f = [](int x) { return twice(x) + 1; };
   std::string out = kNames.at(input_len % kNames.size()) + " " + std::to_string(s->area()) + " " +
-                    std::to_string(f(s->area())) + " " + twice(std::string("ab"));
+                    std::to_string(f(s->area())) + " " + twice(std::string("ab")) + " " +
+                    std::to_string(CXX_FEATURES_TAG);
   airlock_output(out.data(), out.size());
   return AIRLOCK_OK;
 }

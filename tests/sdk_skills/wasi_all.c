@@ -94,3 +94,11 @@ AIRLOCK_SKILL(run) {
   airlock_output(out, used);
   return AIRLOCK_OK;
 }
+
+/* poll_oob: poll_oneoff with arrays past the end of linear memory: the call traps with
+ * InvalidArgument (nothing is written, nothing is read out of bounds). */
+AIRLOCK_SKILL(poll_oob) {
+  __wasi_size_t n = 0;
+  __wasi_subscription_t* in = (__wasi_subscription_t*)(uintptr_t)0xFFFFFF00u;
+  return (int32_t)__wasi_poll_oneoff(in, (__wasi_event_t*)in, 2, &n);
+}

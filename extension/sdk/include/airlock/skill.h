@@ -1,6 +1,6 @@
 /* Airlock skill SDK: the header skill authors include (C11 or C++).
  *
- * A skill is a C file built with the CMake function airlock_add_skill(), which
+ * A skill is a C or C++ file built with the CMake function airlock_add_skill(), which
  * links in the SDK (airlock_skill.c) and runs binaryen's asyncify over the result.
  * The binding contract underneath is docs/SKILL_ABI.md (ABI version 1).
  *

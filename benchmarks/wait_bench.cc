@@ -67,12 +67,18 @@ int main(int argc, char** argv) {
     const double ext_rss0 = field_mb(ep0 + "/status", "VmRSS:");
     std::vector<double> lat(static_cast<size_t>(n));
     std::atomic<int> ok{0}, left{n};
+    std::mutex err_mu;
+    std::string first_error;
     std::promise<void> all;
     auto t0 = Clock::now();
     for (int i = 0; i < n; ++i) {
       ext->call_async("greet", input, {}, [&, i, start = Clock::now()](CallResult r) {
         lat[static_cast<size_t>(i)] = us_since(start) / 1000;
-        if (r.ok()) ok++;
+        if (r.ok()) {
+          ok++;
+        } else if (std::lock_guard lk(err_mu); first_error.empty()) {
+          first_error = r.error().to_string();
+        }
         if (--left == 0) all.set_value();
       });
     }
@@ -95,6 +101,7 @@ int main(int argc, char** argv) {
                     {"ext_rss_mb", ext_rss}, {"ext_pss_mb", ext_pss}, {"ext_rss_before_mb", ext_rss0},
                     {"ext_rss_after_mb", ext_after}, {"ext_rss_after_idle_mb", ext_idle}, {"ok", ok.load()}});
     failed_calls += n - ok.load();
+    if (!first_error.empty()) std::fprintf(stderr, "[%s] first error: %s\n", t.c_str(), first_error.c_str());
   }
   if (!json_path.empty()) write_results(json_path, rows);
   if (failed_calls > 0) {

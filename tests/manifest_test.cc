@@ -5,6 +5,9 @@
 
 #include <array>
 #include <cstdio>
+#include <unistd.h>
+
+#include <filesystem>
 #include <fstream>
 
 #include "airlock/host.h"
@@ -108,6 +111,60 @@ TEST(Airlockctl, ExplainSaysWhatEachLayerAllows) {
   EXPECT_THAT(out, HasSubstr("can read /srv/models (read-only)"));
   EXPECT_THAT(out, HasSubstr("network  none"));
   EXPECT_THAT(out, HasSubstr("execve"));
+}
+
+}  // namespace
+
+namespace {
+
+std::string run_ctl(const std::string& args, int* status) {
+  FILE* p = popen((std::string(AIRLOCKCTL_BIN) + " " + args + " 2>&1").c_str(), "r");
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  *status = pclose(p);
+  return out;
+}
+
+TEST(Airlockctl, RunLogsEveryCommandAndCompareSetsTwoRunsSideBySide) {
+  const std::string dir = ::testing::TempDir() + "/ctl-" + std::to_string(getpid());
+  const std::string script = dir + "/mini.cmds";
+  std::filesystem::create_directories(dir);
+  std::ofstream(script) << "# a comment\n2 add_c\nexecute_skill sample_c1 Ada 100 5\np_execute_all Bob 0 0 3\n"
+                           "drop_cached_skill\ncached_skills\nexecute_all Cy 0 0\ndelete_skill\nskills\nstop\n";
+  int st = 0;
+  std::string out = run_ctl("run " + script + " --log " + dir + "/a", &st);
+  ASSERT_EQ(st, 0) << out;
+  EXPECT_THAT(out, HasSubstr("took(ms)"));
+  EXPECT_THAT(out, HasSubstr("rss diff(KB)"));
+  EXPECT_THAT(out, HasSubstr("2 add_c"));
+  EXPECT_THAT(out, HasSubstr("Total time (ms):"));
+  EXPECT_THAT(out, HasSubstr("Maximum rss memory (KB):"));
+  EXPECT_THAT(out, HasSubstr("cached_skills: 1"));  // one of two was dropped
+  EXPECT_THAT(out, HasSubstr("skills: 1"));         // ... and one deleted
+  // p_execute_all: 3 calls of each of the 2 skills, all answered.
+  EXPECT_THAT(out, ::testing::ContainsRegex("p_execute_all Bob 0 0 3 +[0-9,]+ +-?[0-9,]+ +-?[0-9,]+ +6 +0"));
+  ASSERT_EQ(run_ctl("run " + script + " --log " + dir + "/b", &st).empty(), false);
+  ASSERT_EQ(st, 0);
+  out = run_ctl("compare " + dir + "/a/mini.log " + dir + "/b/mini.log", &st);
+  ASSERT_EQ(st, 0) << out;
+  EXPECT_THAT(out, HasSubstr("vs a(%)"));
+  EXPECT_THAT(out, ::testing::ContainsRegex("execute_skill sample_c1 Ada 100 5 +a +[0-9,]+"));
+  EXPECT_THAT(out, HasSubstr("Total time (ms)"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Airlockctl, AScriptMistakeNamesTheLineBeforeAnythingRuns) {
+  const std::string script = ::testing::TempDir() + "/bad-" + std::to_string(getpid()) + ".cmds";
+  std::ofstream(script) << "add_c\nexecute_skill sample_c1 Ada 100\n";
+  int st = 0;
+  std::string out = run_ctl("run " + script, &st);
+  EXPECT_NE(st, 0);
+  EXPECT_THAT(out, HasSubstr(":2: 'execute_skill' takes 4 argument(s), got 3"));
+  std::ofstream(script) << "add_c\nfrobnicate\n";
+  out = run_ctl("run " + script, &st);
+  EXPECT_NE(st, 0);
+  EXPECT_THAT(out, HasSubstr(":2: unknown command 'frobnicate'"));
 }
 
 }  // namespace

@@ -1,15 +1,11 @@
-// airlockctl: operator tools around a host. `explain MANIFEST` prints, in plain words,
-// what an extension with that capability manifest (airlock/manifest.h) can and cannot
-// do at each layer: its skills in V8, its process in the OS sandbox, its supervision.
-#include <CLI/CLI.hpp>
+// `airlockctl explain`: a capability manifest in plain words, layer by layer.
+#include "explain.h"
 
-#include <cstdio>
-#include <iostream>
 #include <sstream>
 
-#include "airlock/host.h"
-#include "airlock/manifest.h"
 #include "sandbox/sandbox.h"
+
+namespace airlock::ctl {
 
 namespace {
 
@@ -19,6 +15,8 @@ std::string list_or(const std::vector<std::string>& v, const std::string& none) 
   for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
   return s;
 }
+
+}  // namespace
 
 std::string explain(const airlock::ExtensionOptions& o, const std::string& path) {
   const airlock::SkillLimits lim = o.limits ? *o.limits : airlock::HostOptions{}.default_limits;
@@ -57,21 +55,4 @@ std::string explain(const airlock::ExtensionOptions& o, const std::string& path)
   return out.str();
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{"airlockctl: operator tools for Airlock hosts"};
-  app.set_version_flag("--version", std::string("airlockctl ") + AIRLOCK_VERSION);
-  app.require_subcommand(1);
-  std::string manifest;
-  auto* ex = app.add_subcommand("explain", "Print what an extension with this capability manifest can and cannot do");
-  ex->add_option("MANIFEST", manifest, "A JSON capability manifest (airlock/manifest.h)")->required();
-  CLI11_PARSE(app, argc, argv);
-  auto o = airlock::load_manifest(manifest);
-  if (!o.ok()) {
-    std::cerr << "airlockctl: " << o.error().message << "\n";
-    return 1;
-  }
-  std::cout << explain(*o, manifest);
-  return 0;
-}
+}  // namespace airlock::ctl

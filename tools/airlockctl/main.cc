@@ -1,0 +1,82 @@
+// airlockctl: operator tools for Airlock hosts.
+//   explain MANIFEST        what an extension with this capability manifest may do, per layer
+//   run SCRIPT.cmds         the seeds' command scripts against a real Host, with a run log
+//   compare A.log B.log     two run logs side by side
+#include <CLI/CLI.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "airlock/host.h"
+#include "airlock/manifest.h"
+#include "explain.h"
+#include "run_log.h"
+#include "script_runner.h"
+
+int main(int argc, char** argv) {
+  namespace ctl = airlock::ctl;
+  CLI::App app{"airlockctl: operator tools for Airlock hosts"};
+  app.set_version_flag("--version", std::string("airlockctl ") + AIRLOCK_VERSION);
+  app.require_subcommand(1);
+
+  std::string manifest;
+  auto* ex = app.add_subcommand("explain", "Print what an extension with this capability manifest can and cannot do");
+  ex->add_option("MANIFEST", manifest, "A JSON capability manifest (airlock/manifest.h)")->required();
+
+  ctl::RunOptions ro;
+  ro.skill_wasm = AIRLOCK_SAMPLE_SKILL;
+  std::string log_dir, transport = "msgpack";
+  auto* run = app.add_subcommand("run", "Run a command script (tools/cmds/README.md) against a real host");
+  run->add_option("SCRIPT", ro.script, "The .cmds file")->required();
+  run->add_option("--log", log_dir, "Write NAME.log (the seeds' format) and NAME.json into this folder");
+  run->add_option("--extensions", ro.extensions, "Extensions the skills are spread over")->capture_default_str()
+      ->check(CLI::Range(1, 1024).description("1 to 1024"));
+  run->add_option("--transport", transport, "msgpack or grpc")->capture_default_str()->check(CLI::IsMember({"msgpack", "grpc"}));
+  run->add_option("--skill", ro.skill_wasm, "The sample skill (input ARG,MEM_KB,WAIT_MS)")->capture_default_str();
+  run->add_option("--extension-binary", ro.extension_binary, "airlock-extension to run (default: the library's choice)");
+
+  std::string log_a, log_b;
+  auto* cmp = app.add_subcommand("compare", "Print two run logs side by side");
+  cmp->add_option("A", log_a, "The first run's .log or .json")->required();
+  cmp->add_option("B", log_b, "The second run's .log or .json")->required();
+  CLI11_PARSE(app, argc, argv);
+
+  if (ex->parsed()) {
+    auto o = airlock::load_manifest(manifest);
+    if (!o.ok()) {
+      std::cerr << "airlockctl: " << o.error().message << "\n";
+      return 1;
+    }
+    std::cout << ctl::explain(*o, manifest);
+    return 0;
+  }
+  if (run->parsed()) {
+    ro.transport = transport == "grpc" ? airlock::Transport::Grpc : airlock::Transport::Msgpack;
+    auto log = ctl::run_script(ro, std::cerr);
+    if (!log.ok()) {
+      std::cerr << "airlockctl: " << log.error().message << "\n";
+      return 1;
+    }
+    const std::string text = ctl::format_log(*log);
+    std::cout << text;
+    if (!log_dir.empty()) {
+      std::filesystem::create_directories(log_dir);
+      const std::string base = (std::filesystem::path(log_dir) / std::filesystem::path(ro.script).stem()).string();
+      std::ofstream(base + ".log") << text;
+      std::ofstream(base + ".json") << ctl::to_json(*log).dump(2) << "\n";
+      std::cerr << "log: " << base << ".log, " << base << ".json\n";
+    }
+    int failed = 0;
+    for (const auto& c : log->commands) failed += c.failed;
+    return failed ? 1 : 0;
+  }
+  auto a = ctl::read_log(log_a);
+  auto b = a.ok() ? ctl::read_log(log_b) : a;
+  if (!a.ok() || !b.ok()) {
+    std::cerr << "airlockctl: " << (a.ok() ? b : a).error().message << "\n";
+    return 1;
+  }
+  std::cout << ctl::compare(*a, *b);
+  return 0;
+}

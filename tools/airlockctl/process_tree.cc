@@ -1,0 +1,45 @@
+#include "process_tree.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+namespace airlock::ctl {
+
+std::vector<pid_t> process_tree(pid_t root) {
+  std::vector<pid_t> out{root};
+  for (size_t i = 0; i < out.size(); ++i) {
+    // Children of every thread (a child's parent is the thread that forked it).
+    std::error_code ec;
+    const std::string tasks = "/proc/" + std::to_string(out[i]) + "/task";
+    for (const auto& t : std::filesystem::directory_iterator(tasks, ec)) {
+      std::ifstream f(t.path() / "children");
+      for (pid_t c; f >> c;) out.push_back(c);
+    }
+  }
+  return out;
+}
+
+TreeMemory tree_memory(pid_t root) {
+  TreeMemory m;
+  for (pid_t p : process_tree(root)) {
+    std::ifstream f("/proc/" + std::to_string(p) + "/smaps_rollup");
+    if (!f) {
+      m.unreadable++;
+      continue;
+    }
+    m.processes++;
+    for (std::string line; std::getline(f, line);) {
+      std::istringstream in(line);
+      std::string key;
+      long kb = 0;
+      in >> key >> kb;
+      if (key == "Rss:") m.rss_kb += kb;
+      if (key == "Pss:") m.pss_kb += kb;
+    }
+  }
+  return m;
+}
+
+}  // namespace airlock::ctl

@@ -1,0 +1,279 @@
+#include "script_runner.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <future>
+#include <iostream>
+#include <iterator>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "process_tree.h"
+
+namespace airlock::ctl {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Skill {
+  std::string name;
+  size_t ext = 0;       // index into the extensions
+  bool loaded = false;
+};
+
+class Runner {
+ public:
+  Runner(const RunOptions& o, std::string wasm, std::ostream& progress)
+      : o_(o), wasm_(std::move(wasm)), progress_(progress) {}
+
+  Status start() {
+    HostOptions ho;
+    ho.transport = o_.transport;
+    ho.extension_binary = o_.extension_binary;
+    ho.log_level = "warn";
+    host_ = std::make_unique<Host>(ho);
+    for (int i = 0; i < o_.extensions; ++i) {
+      ExtensionOptions eo;
+      eo.name = "ext" + std::to_string(i);
+      auto e = host_->spawn(eo);
+      if (!e.ok()) return e.take_error();
+      exts_.push_back(*e);
+    }
+    return ok_status();
+  }
+
+  // Runs one command line (without its repeat count) into `rec`.
+  Status run(const std::vector<std::string>& w, CommandRecord& rec) {
+    const std::string& verb = w[0];
+    auto need = [&](size_t n) -> Status {
+      if (w.size() != n + 1) {
+        return make_error(Code::InvalidArgument, "'" + verb + "' takes " + std::to_string(n) + " argument(s), got " +
+                                                     std::to_string(w.size() - 1));
+      }
+      return ok_status();
+    };
+    auto count = [&](const Status& st) {
+      if (st.ok()) {
+        rec.ok++;
+      } else {
+        rec.failed++;
+        if (rec.first_error.empty()) rec.first_error = st.error().to_string();
+      }
+    };
+    if (verb == "add_c") {
+      if (auto st = need(0); !st.ok()) return st;
+      count(add(1));
+    } else if (verb == "p_add_c") {
+      if (auto st = need(1); !st.ok()) return st;
+      auto k = number(w[1]);
+      if (!k.ok()) return k.take_error();
+      count(add(*k));
+    } else if (verb == "skills" || verb == "cached_skills") {
+      if (auto st = need(0); !st.ok()) return st;
+      size_t n = 0;
+      for (const auto& s : skills_) n += verb == "skills" || s.loaded;
+      progress_ << "  " << verb << ": " << n << "\n";
+      rec.ok = static_cast<int>(n);
+    } else if (verb == "execute_skill") {
+      if (auto st = need(4); !st.ok()) return st;
+      Skill* s = find(w[1]);
+      if (!s) return make_error(Code::NotFound, "no skill '" + w[1] + "' (add_c names them sample_c1, sample_c2, ...)");
+      count(status_of(call(*s, w[2] + "," + w[3] + "," + w[4]).get()));
+    } else if (verb == "execute_all" || verb == "p_execute_all") {
+      const bool parallel = verb == "p_execute_all";
+      if (auto st = need(parallel ? 4 : 3); !st.ok()) return st;
+      const std::string input = w[1] + "," + w[2] + "," + w[3];
+      auto k = parallel ? number(w[4]) : Result<int>(1);
+      if (!k.ok()) return k.take_error();
+      if (parallel) {
+        std::vector<std::future<CallResult>> fs;
+        for (auto& s : skills_) {
+          for (int i = 0; i < *k; ++i) fs.push_back(call(s, input));
+        }
+        for (auto& f : fs) count(status_of(f.get()));
+      } else {
+        for (auto& s : skills_) count(status_of(call(s, input).get()));
+      }
+    } else if (verb == "drop_cached_skill" || verb == "delete_skill") {
+      if (auto st = need(0); !st.ok()) return st;
+      for (auto it = skills_.rbegin(); it != skills_.rend(); ++it) {
+        if (verb == "drop_cached_skill" && !it->loaded) continue;
+        if (it->loaded) count(exts_[it->ext].unload_skill(it->name));
+        it->loaded = false;
+        if (verb == "delete_skill") skills_.erase(std::next(it).base());
+        return ok_status();
+      }
+      return make_error(Code::NotFound, verb == "delete_skill" ? "no skill to delete" : "no loaded skill to drop");
+    } else if (verb == "stop") {
+      if (auto st = need(0); !st.ok()) return st;
+      host_->stop(2s);
+      for (auto& s : skills_) s.loaded = false;
+      rec.ok = 1;
+    } else {
+      return make_error(Code::InvalidArgument, "unknown command '" + verb +
+                                                   "' (add_c, p_add_c, skills, cached_skills, execute_skill, execute_all, "
+                                                   "p_execute_all, drop_cached_skill, delete_skill, stop)");
+    }
+    return ok_status();
+  }
+
+ private:
+  static Result<int> number(const std::string& s) {
+    try {
+      size_t used = 0;
+      long v = std::stol(s, &used);
+      if (used == s.size() && v >= 0 && v <= 1'000'000) return static_cast<int>(v);
+    } catch (...) {
+    }
+    return make_error(Code::InvalidArgument, "'" + s + "' is not a count from 0 to 1000000");
+  }
+  static Status status_of(const CallResult& r) { return r.ok() ? ok_status() : Status(r.error()); }
+
+  Skill* find(const std::string& name) {
+    for (auto& s : skills_)
+      if (s.name == name) return &s;
+    return nullptr;
+  }
+
+  // Adds k skills, loading them in parallel (one thread per extension at most).
+  Status add(int k) {
+    std::vector<size_t> fresh;
+    for (int i = 0; i < k; ++i) {
+      skills_.push_back({"sample_c" + std::to_string(++added_), static_cast<size_t>(added_ - 1) % exts_.size(), false});
+      fresh.push_back(skills_.size() - 1);
+    }
+    std::vector<std::future<Status>> fs;
+    for (size_t i : fresh) fs.push_back(std::async(std::launch::async, [this, i] { return load(skills_[i]); }));
+    Status first = ok_status();
+    for (auto& f : fs) {
+      Status st = f.get();
+      if (!st.ok() && first.ok()) first = st;
+    }
+    return first;
+  }
+
+  Status load(Skill& s) {
+    std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(wasm_.data()), wasm_.size());
+    Status st = exts_[s.ext].load_skill_bytes(s.name, bytes);
+    if (st.ok()) s.loaded = true;
+    return st;
+  }
+
+  // A call; a skill that is not loaded is loaded first.
+  std::future<CallResult> call(Skill& s, const std::string& input) {
+    if (!s.loaded) {
+      if (auto st = load(s); !st.ok()) {
+        std::promise<CallResult> p;
+        p.set_value(st.error());
+        return p.get_future();
+      }
+    }
+    CallOptions co;
+    co.timeout = std::chrono::minutes(5);
+    return exts_[s.ext].call_async(s.name, input, co);
+  }
+
+  const RunOptions& o_;
+  std::string wasm_;
+  std::ostream& progress_;
+  std::unique_ptr<Host> host_;
+  std::vector<Extension> exts_;
+  std::vector<Skill> skills_;
+  int added_ = 0;
+};
+
+}  // namespace
+
+Result<RunLog> run_script(const RunOptions& o, std::ostream& progress) {
+  std::ifstream sf(o.script);
+  if (!sf) return make_error(Code::NotFound, "cannot read script '" + o.script + "'");
+  std::ifstream wf(o.skill_wasm, std::ios::binary);
+  if (!wf) return make_error(Code::NotFound, "cannot read the sample skill '" + o.skill_wasm + "' (--skill)");
+  std::string wasm((std::istreambuf_iterator<char>(wf)), {});
+  if (o.extensions < 1 || o.extensions > 1024) return make_error(Code::InvalidArgument, "--extensions must be 1 to 1024");
+
+  // Parse everything first: a typo on line 40 must not surface after 39 commands ran.
+  struct Line {
+    int repeat;
+    std::vector<std::string> words;
+    std::string text;
+    int number;
+  };
+  std::vector<Line> lines;
+  int no = 0;
+  for (std::string line; std::getline(sf, line);) {
+    ++no;
+    if (auto h = line.find('#'); h != std::string::npos) line.resize(h);
+    std::istringstream in(line);
+    std::vector<std::string> w{std::istream_iterator<std::string>(in), {}};
+    if (w.empty()) continue;
+    int repeat = 1;
+    if (std::all_of(w[0].begin(), w[0].end(), ::isdigit)) {
+      repeat = std::stoi(w[0].substr(0, 7));
+      w.erase(w.begin());
+      if (w.empty() || repeat < 1) return make_error(Code::InvalidArgument, o.script + ":" + std::to_string(no) + ": a count needs a command after it");
+    }
+    static const std::map<std::string, size_t> kArgs = {
+        {"add_c", 0},         {"p_add_c", 1},       {"skills", 0},           {"cached_skills", 0},
+        {"execute_skill", 4}, {"execute_all", 3},   {"p_execute_all", 4},    {"drop_cached_skill", 0},
+        {"delete_skill", 0},  {"stop", 0}};
+    const std::string where = o.script + ":" + std::to_string(no) + ": ";
+    auto verb = kArgs.find(w[0]);
+    if (verb == kArgs.end()) {
+      return make_error(Code::InvalidArgument, where + "unknown command '" + w[0] +
+                                                   "' (add_c, p_add_c, skills, cached_skills, execute_skill, execute_all, "
+                                                   "p_execute_all, drop_cached_skill, delete_skill, stop)");
+    }
+    if (w.size() - 1 != verb->second) {
+      return make_error(Code::InvalidArgument, where + "'" + w[0] + "' takes " + std::to_string(verb->second) +
+                                                   " argument(s), got " + std::to_string(w.size() - 1));
+    }
+    std::string text;
+    for (const auto& x : w) text += (text.empty() ? "" : " ") + x;
+    lines.push_back({repeat, w, text, no});
+  }
+
+  RunLog log;
+  log.header = machine_header();
+  log.header["script"] = o.script;
+  log.header["script_hash"] = file_hash(o.script);
+  log.header["extensions"] = o.extensions;
+  log.header["transport"] = o.transport == Transport::Grpc ? "grpc" : "msgpack";
+  log.header["skill"] = o.skill_wasm;
+
+  const auto t_start = Clock::now();
+  Runner runner(o, std::move(wasm), progress);
+  if (auto st = runner.start(); !st.ok()) return make_error(st.error().code, "starting the extensions: " + st.error().message);
+  for (const auto& l : lines) {
+    CommandRecord rec;
+    rec.cmd = l.text;
+    rec.repeat = l.repeat;
+    const TreeMemory before = tree_memory(getpid());
+    const auto t0 = Clock::now();
+    for (int i = 0; i < l.repeat; ++i) {
+      if (auto st = runner.run(l.words, rec); !st.ok()) {
+        return make_error(st.error().code, o.script + ":" + std::to_string(l.number) + ": " + st.error().message);
+      }
+    }
+    rec.took_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    const TreeMemory after = tree_memory(getpid());
+    rec.rss_diff_kb = after.rss_kb - before.rss_kb;
+    rec.pss_diff_kb = after.pss_kb - before.pss_kb;
+    log.max_rss_kb = std::max({log.max_rss_kb, before.rss_kb, after.rss_kb});
+    log.max_pss_kb = std::max({log.max_pss_kb, before.pss_kb, after.pss_kb});
+    progress << (l.repeat > 1 ? std::to_string(l.repeat) + " " : "") << l.text << ": " << static_cast<long>(rec.took_ms)
+             << " ms, rss " << rec.rss_diff_kb << " KB, pss " << rec.pss_diff_kb << " KB, " << rec.ok << " ok, "
+             << rec.failed << " failed" << (after.unreadable ? " (" + std::to_string(after.unreadable) + " processes unreadable)" : "")
+             << "\n";
+    log.commands.push_back(std::move(rec));
+  }
+  log.total_ms = std::chrono::duration<double, std::milli>(Clock::now() - t_start).count();
+  return log;
+}
+
+}  // namespace airlock::ctl

@@ -1,0 +1,36 @@
+// `airlockctl run SCRIPT.cmds`: the seeds' command scripts against a real Host.
+//
+//   [N] add_c                          add a skill (the sample module under a new name), N times
+//   p_add_c K                          add K skills at once (loads in parallel)
+//   skills | cached_skills             list the skills known | loaded now
+//   execute_skill NAME ARG MEM WAIT    one call: the sample allocates MEM KB, waits WAIT ms
+//   execute_all ARG MEM WAIT           one call of every skill, one after another
+//   p_execute_all ARG MEM WAIT K       K calls of every skill, all at once
+//   drop_cached_skill                  unload the newest loaded skill (it loads again on its next call)
+//   delete_skill                       unload and forget the newest skill
+//   stop                               stop every extension (the host's stop)
+//
+// Skills are spread round-robin over the extensions; a call of a skill that is not
+// loaded loads it first (a skill cache in the simplest form). Each command is timed and
+// the whole process tree's RSS and PSS are read before and after it.
+#pragma once
+
+#include <iosfwd>
+#include <string>
+
+#include "airlock/host.h"
+#include "run_log.h"
+
+namespace airlock::ctl {
+
+struct RunOptions {
+  std::string script;
+  std::string skill_wasm;       // the sample skill (greet: "ARG,MEM_KB,WAIT_MS")
+  int extensions = 2;
+  Transport transport = Transport::Msgpack;
+  std::string extension_binary;  // empty: the library's choice
+};
+
+Result<RunLog> run_script(const RunOptions& o, std::ostream& progress);
+
+}  // namespace airlock::ctl

@@ -501,3 +501,18 @@ TEST(ResultValue, OnAnErrorThrowsTheErrorItself) {
   }
 }
 }  // namespace
+
+namespace {
+TEST(HostOptionsCheck, AnInvalidLogLevelIsASpawnErrorNamingIt) {
+  HostOptions o;
+  o.extension_binary = AIRLOCK_EXTENSION_BIN;
+  o.log_level = "loud";
+  Host h(o);
+  ExtensionOptions eo;
+  eo.name = "x";
+  auto r = h.spawn(eo);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Code::InvalidArgument);
+  EXPECT_THAT(r.error().message, HasSubstr("log_level 'loud'"));
+}
+}  // namespace

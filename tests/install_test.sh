@@ -30,6 +30,9 @@ fi
 # The outside program runs the outside skill; the library finds the installed extension.
 out="$(env -u AIRLOCK_EXTENSION "$work/out/hello_host" "$work/out/skills/hello.wasm" Ada)"
 [[ "$out" == "Hello, Ada!" ]] || fail "hello_host printed '$out'"
+# ... and the C++ skill built by the installed SDK (libc++ for wasm32).
+out="$(env -u AIRLOCK_EXTENSION "$work/out/hello_host" "$work/out/skills/hello_cpp.wasm" Grace)"
+[[ "$out" == "Hello, Grace!" ]] || fail "hello_host with the C++ skill printed '$out'"
 
 # Errors arrive as text naming the extension and the skill.
 if err="$(env -u AIRLOCK_EXTENSION "$work/out/hello_host" "$work/out/skills/hello.wasm" "" 2>&1)"; then

@@ -28,6 +28,14 @@ HostImpl::HostImpl(HostOptions o) : opts(std::move(o)) {
   } else {
     binary_error = bin.error();
   }
+  // The extension accepts only spdlog's names (anything else would fail every spawn
+  // with a bare "exited with status 2"): say so here, once, for every spawn.
+  static constexpr std::string_view kLevels[] = {"trace", "debug", "info", "warn", "warning", "error", "err", "critical", "off"};
+  if (std::find(std::begin(kLevels), std::end(kLevels), opts.log_level) == std::end(kLevels)) {
+    binary.clear();
+    binary_error = make_error(Code::InvalidArgument, "HostOptions::log_level '" + opts.log_level +
+                                                         "' is not a level (trace, debug, info, warn, error, critical, off)");
+  }
   uv_loop_init(&loop_);
   if (!binary.empty() && opts.use_zygote) {
     zygote_ = std::make_unique<Zygote>(&loop_, binary, [this](pid_t pid) { return is_extension_pid(pid); });

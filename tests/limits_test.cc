@@ -121,7 +121,9 @@ TEST_P(LimitsTest, ParkedCallsCannotPassTheExtensionsMemoryLimit) {
   const long before = rss_kb(ext.pid());
   ASSERT_TRUE(ext.load_skill("parked_hog", hostile("parked_hog"), SkillLimits{64, 20000}).ok());
   std::vector<std::future<CallResult>> fs;
-  for (int i = 0; i < 40; ++i) fs.push_back(ext.call_async("parked_hog", "48,1500"));  // 40 x 48 MiB
+  // 40 x 48 MiB, each parked 4 s: long enough that all 40 arrive while the first are
+  // still parked, however loaded the machine (at 1.5 s a busy CI machine let more finish).
+  for (int i = 0; i < 40; ++i) fs.push_back(ext.call_async("parked_hog", "48,4000"));
   int ok = 0, refused = 0;
   long peak = 0;
   for (auto& f : fs) {

@@ -55,9 +55,10 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 struct Config {
   std::vector<int> workers{1, 10, 100};
   std::vector<std::string> modes{"native", "in-process", "exec", "zygote"};
-  int samples = 20;      // cold starts per (mode, N) at least: ceil(samples / N) batches of N
+  int samples = 50;      // cold starts per (mode, N) at least: ceil(samples / N) batches of N
   int warm_calls = 200;  // warm calls per (mode, N), spread over the workers (>= 3 each)
-  int runs = 5, warmup_runs = 2;
+  int runs = 10, warmup_runs = 3;
+  double warmup_ms = 250;  // and warm-up runs until this much time went by (V8 tier-up)
   std::vector<std::string> datasets{"small", "medium"};
   std::vector<std::string> kernels;
   bool cold = true, compute = true, compute_ext = true;
@@ -486,6 +487,7 @@ struct KernelRow {
   Summary native_ms, wasm_ms, wasm_call_ms, ext_ms, ext_call_ms;  // kernel time (inside) and whole call
   double native_checksum = kNaN, wasm_checksum = kNaN, ext_checksum = kNaN;
   bool ext_run = false;
+  int native_warmups = 0, wasm_warmups = 0, ext_warmups = 0;
   double ratio = kNaN, ext_ratio = kNaN;
 };
 
@@ -575,21 +577,33 @@ KernelRow measure_kernel(const Config& cfg, const KernelDef& k, const std::strin
     return row;
   };
   // native: the same source, compiled by the project's C compiler at -O2, in this process
+  // Warm-up on every side: at least warmup_runs runs and at least warmup_ms of them (a
+  // short kernel needs many calls before V8 has tiered it up), at most 10,000.
+  auto warming = [&](int i, Clock::time_point since) {
+    return i < cfg.warmup_runs || (us_since(since) < cfg.warmup_ms * 1000 && i < 10'000);
+  };
   std::vector<double> nat;
-  for (int i = 0; i < cfg.warmup_runs + cfg.runs; ++i) {
+  const auto nat0 = Clock::now();
+  int nat_warm = 0;
+  for (int i = 0; static_cast<int>(nat.size()) < cfg.runs; ++i) {
+    const bool warm = warming(i, nat0);
     pb_result r = k.fn(ds);
     if (i == 0) row.native_checksum = r.checksum;
     else if (r.checksum != row.native_checksum) return fail("native checksum differs between runs");
-    if (i >= cfg.warmup_runs) nat.push_back(static_cast<double>(r.kernel_ns) / 1e6);
+    if (warm) ++nat_warm;
+    else nat.push_back(static_cast<double>(r.kernel_ns) / 1e6);
   }
   row.native_ms = summarize(nat);
+  row.native_warmups = nat_warm;
   // wasm in-process. The warm-up calls let V8 tier the kernel up from Liftoff to TurboFan
   // (a function running in Liftoff stays there until it is called again).
   if (auto e = local.load_error(k.skill); !e.empty()) return fail(e);
   auto run_skill = [&](const std::function<Result<std::string>()>& call, Summary& inner, Summary& whole,
-                       double& checksum, const char* where) -> std::string {
+                       double& checksum, int& warmups, const char* where) -> std::string {
     std::vector<double> in, all;
-    for (int i = 0; i < cfg.warmup_runs + cfg.runs; ++i) {
+    const auto w0 = Clock::now();
+    for (int i = 0; static_cast<int>(in.size()) < cfg.runs; ++i) {
+      const bool warm = warming(i, w0);
       auto t0 = Clock::now();
       auto res = call();
       const double ms = us_since(t0) / 1000;
@@ -598,20 +612,21 @@ KernelRow measure_kernel(const Config& cfg, const KernelDef& k, const std::strin
       if (!r) return std::string(where) + ": answer of " + std::to_string(res->size()) + " bytes, expected 16";
       checksum = r->checksum;
       if (auto m = checksum_mismatch(row.native_checksum, r->checksum); !m.empty()) return std::string(where) + ": " + m;
-      if (i >= cfg.warmup_runs) in.push_back(static_cast<double>(r->kernel_ns) / 1e6), all.push_back(ms);
+      if (warm) ++warmups;
+      else in.push_back(static_cast<double>(r->kernel_ns) / 1e6), all.push_back(ms);
     }
     inner = summarize(in);
     whole = summarize(all);
     return "";
   };
-  if (auto e = run_skill([&] { return local.call(k.skill, dataset); }, row.wasm_ms, row.wasm_call_ms, row.wasm_checksum, "in-process");
+  if (auto e = run_skill([&] { return local.call(k.skill, dataset); }, row.wasm_ms, row.wasm_call_ms, row.wasm_checksum, row.wasm_warmups, "in-process");
       !e.empty())
     return fail(e);
   row.ratio = row.wasm_ms.median / row.native_ms.median;
   if (remote) {
     if (!remote->error.empty()) return fail("extension: " + remote->error);
     Extension ext = *remote->ext;
-    if (auto e = run_skill([&] { return ext.call(k.skill, dataset); }, row.ext_ms, row.ext_call_ms, row.ext_checksum, "extension");
+    if (auto e = run_skill([&] { return ext.call(k.skill, dataset); }, row.ext_ms, row.ext_call_ms, row.ext_checksum, row.ext_warmups, "extension");
         !e.empty())
       return fail(e);
     row.ext_run = true;
@@ -682,6 +697,7 @@ nlohmann::json to_json(const KernelRow& r) {
           {"ext_ms_p99", e(r.ext_ms.p99)},
           {"ext_call_ms_median", e(r.ext_call_ms.median)},
           {"ratio_ext_to_native", e(r.ext_ratio)},
+          {"warmup_runs", {{"native", r.native_warmups}, {"wasm", r.wasm_warmups}, {"ext", r.ext_warmups}}},
           {"checksum", num(r.native_checksum)},
           {"checksum_match", ok}};
 }
@@ -699,7 +715,8 @@ int main(int argc, char** argv) {
   app.add_option("--samples", cfg.samples, "Cold starts per mode and count at least (batches of N)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--warm-calls", cfg.warm_calls, "Warm calls per mode and count (at least 3 per worker)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--runs", cfg.runs, "Measured runs per kernel and data set, each side")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--warmup-runs", cfg.warmup_runs, "Unrecorded runs before them")->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--warmup-runs", cfg.warmup_runs, "Unrecorded runs before them, at least")->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--warmup-ms", cfg.warmup_ms, "... and until this much time went by (V8 tiers hot code up meanwhile)")->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_option("--datasets", cfg.datasets, "Kernel data sets")->delimiter(',')->capture_default_str()->check(CLI::IsMember({"small", "medium"}));
   app.add_option("--kernels", cfg.kernels, "Kernels to run (default: all)")->delimiter(',')
       ->check(CLI::IsMember({"gemm", "2mm", "atax", "jacobi-2d", "seidel-2d", "floyd-warshall", "nussinov"}));
@@ -828,8 +845,9 @@ int main(int argc, char** argv) {
   }
   if (cfg.compute) {
     std::printf("\nCompute: PolyBench-style kernels, one C source each, native (cc -O2) vs the same source as a skill\n"
-                "(wasm32, clang-19 -O2, V8 TurboFan after %d warm-up runs). Kernel time measured inside the code, median of %d runs.\n",
-                cfg.warmup_runs, cfg.runs);
+                "(wasm32, clang-19 -O2, V8). Warm-up: >= %d runs and >= %.0f ms per side (V8 tiers up meanwhile). Kernel time\n"
+                "measured inside the code (same lines both sides), median of %d runs. Call ms: the whole call as a caller sees it.\n",
+                cfg.warmup_runs, cfg.warmup_ms, cfg.runs);
     Table t{{"Kernel", "Data set", "Native ms", "Wasm ms (in-process)", "Wasm/native", "Wasm call ms", "Ext ms", "Ext/native",
              "Ext call ms", "Checksum"},
             {},
@@ -890,6 +908,7 @@ int main(int argc, char** argv) {
                             {"warm_calls", cfg.warm_calls},
                             {"runs", cfg.runs},
                             {"warmup_runs", cfg.warmup_runs},
+                            {"warmup_ms", cfg.warmup_ms},
                             {"datasets", cfg.datasets},
                             {"skills_dir", cfg.skill_dir},
                             {"noop", cfg.noop_bin}}},

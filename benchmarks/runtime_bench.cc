@@ -489,6 +489,7 @@ struct KernelRow {
   bool ext_run = false;
   int native_warmups = 0, wasm_warmups = 0, ext_warmups = 0;
   double ratio = kNaN, ext_ratio = kNaN;
+  double ratio_min = kNaN;  // fastest wasm run / fastest native run: what load next door cannot inflate
 };
 
 // A kernel skill's answer: checksum (double) + kernel ns (int64), little-endian.
@@ -565,6 +566,12 @@ struct RemoteKernels {
   }
 };
 
+// Native, in-process and (if given) extension runs of one kernel on one data set. Each
+// side is warmed up first: at least warmup_runs runs and at least warmup_ms of them (a
+// short kernel needs many calls before V8 has tiered it up), at most 10,000. Then the
+// measured runs alternate native, in-process, extension, native, ...: on a shared
+// machine a burst of load next door then hits every side alike instead of one of them.
+// Every run's checksum must equal the native one.
 KernelRow measure_kernel(const Config& cfg, const KernelDef& k, const std::string& dataset, LocalKernels& local,
                          RemoteKernels* remote) {
   KernelRow row;
@@ -576,60 +583,71 @@ KernelRow measure_kernel(const Config& cfg, const KernelDef& k, const std::strin
     row.error = std::move(why);
     return row;
   };
-  // native: the same source, compiled by the project's C compiler at -O2, in this process
-  // Warm-up on every side: at least warmup_runs runs and at least warmup_ms of them (a
-  // short kernel needs many calls before V8 has tiered it up), at most 10,000.
-  auto warming = [&](int i, Clock::time_point since) {
-    return i < cfg.warmup_runs || (us_since(since) < cfg.warmup_ms * 1000 && i < 10'000);
-  };
-  std::vector<double> nat;
-  const auto nat0 = Clock::now();
-  int nat_warm = 0;
-  for (int i = 0; static_cast<int>(nat.size()) < cfg.runs; ++i) {
-    const bool warm = warming(i, nat0);
-    pb_result r = k.fn(ds);
-    if (i == 0) row.native_checksum = r.checksum;
-    else if (r.checksum != row.native_checksum) return fail("native checksum differs between runs");
-    if (warm) ++nat_warm;
-    else nat.push_back(static_cast<double>(r.kernel_ns) / 1e6);
-  }
-  row.native_ms = summarize(nat);
-  row.native_warmups = nat_warm;
-  // wasm in-process. The warm-up calls let V8 tier the kernel up from Liftoff to TurboFan
-  // (a function running in Liftoff stays there until it is called again).
   if (auto e = local.load_error(k.skill); !e.empty()) return fail(e);
-  auto run_skill = [&](const std::function<Result<std::string>()>& call, Summary& inner, Summary& whole,
-                       double& checksum, int& warmups, const char* where) -> std::string {
-    std::vector<double> in, all;
-    const auto w0 = Clock::now();
-    for (int i = 0; static_cast<int>(in.size()) < cfg.runs; ++i) {
-      const bool warm = warming(i, w0);
-      auto t0 = Clock::now();
-      auto res = call();
-      const double ms = us_since(t0) / 1000;
-      if (!res.ok()) return std::string(where) + ": " + res.error().to_string();
-      auto r = decode(*res);
-      if (!r) return std::string(where) + ": answer of " + std::to_string(res->size()) + " bytes, expected 16";
-      checksum = r->checksum;
-      if (auto m = checksum_mismatch(row.native_checksum, r->checksum); !m.empty()) return std::string(where) + ": " + m;
-      if (warm) ++warmups;
-      else in.push_back(static_cast<double>(r->kernel_ns) / 1e6), all.push_back(ms);
-    }
-    inner = summarize(in);
-    whole = summarize(all);
+  if (remote && !remote->error.empty()) return fail("extension: " + remote->error);
+  std::optional<Extension> ext = remote ? remote->ext : std::nullopt;
+
+  // One run of one side: the kernel's own time and the whole call's, in ms; "" or an error.
+  struct Run {
+    double kernel_ms = 0, call_ms = 0;
+    std::string error;
+  };
+  row.native_checksum = k.fn(ds).checksum;
+  auto native = [&]() -> Run {
+    auto t0 = Clock::now();
+    pb_result r = k.fn(ds);
+    Run x{static_cast<double>(r.kernel_ns) / 1e6, us_since(t0) / 1000, ""};
+    if (r.checksum != row.native_checksum) x.error = "native checksum differs between runs";
+    return x;
+  };
+  auto skill = [&](const char* where, const std::function<Result<std::string>()>& call, double& checksum) -> Run {
+    auto t0 = Clock::now();
+    auto res = call();
+    const double ms = us_since(t0) / 1000;
+    if (!res.ok()) return {0, 0, std::string(where) + ": " + res.error().to_string()};
+    auto r = decode(*res);
+    if (!r) return {0, 0, std::string(where) + ": answer of " + std::to_string(res->size()) + " bytes, expected 16"};
+    checksum = r->checksum;
+    if (auto m = checksum_mismatch(row.native_checksum, r->checksum); !m.empty()) return {0, 0, std::string(where) + ": " + m};
+    return {static_cast<double>(r->kernel_ns) / 1e6, ms, ""};
+  };
+  auto in_process = [&] { return skill("in-process", [&] { return local.call(k.skill, dataset); }, row.wasm_checksum); };
+  auto extension = [&] { return skill("extension", [&] { return ext->call(k.skill, dataset); }, row.ext_checksum); };
+
+  auto warm_up = [&](const std::function<Run()>& run, int& count) -> std::string {
+    const auto t0 = Clock::now();
+    for (count = 0; count < cfg.warmup_runs || (us_since(t0) < cfg.warmup_ms * 1000 && count < 10'000); ++count)
+      if (Run r = run(); !r.error.empty()) return r.error;
     return "";
   };
-  if (auto e = run_skill([&] { return local.call(k.skill, dataset); }, row.wasm_ms, row.wasm_call_ms, row.wasm_checksum, row.wasm_warmups, "in-process");
-      !e.empty())
-    return fail(e);
+  if (auto e = warm_up(native, row.native_warmups); !e.empty()) return fail(e);
+  if (auto e = warm_up(in_process, row.wasm_warmups); !e.empty()) return fail(e);
+  if (ext)
+    if (auto e = warm_up(extension, row.ext_warmups); !e.empty()) return fail(e);
+
+  std::vector<double> nat, wasm, wasm_call, ex, ex_call;
+  for (int i = 0; i < cfg.runs; ++i) {
+    Run n = native();
+    if (!n.error.empty()) return fail(n.error);
+    nat.push_back(n.kernel_ms);
+    Run w = in_process();
+    if (!w.error.empty()) return fail(w.error);
+    wasm.push_back(w.kernel_ms), wasm_call.push_back(w.call_ms);
+    if (ext) {
+      Run e = extension();
+      if (!e.error.empty()) return fail(e.error);
+      ex.push_back(e.kernel_ms), ex_call.push_back(e.call_ms);
+    }
+  }
+  row.native_ms = summarize(nat);
+  row.wasm_ms = summarize(wasm);
+  row.wasm_call_ms = summarize(wasm_call);
   row.ratio = row.wasm_ms.median / row.native_ms.median;
-  if (remote) {
-    if (!remote->error.empty()) return fail("extension: " + remote->error);
-    Extension ext = *remote->ext;
-    if (auto e = run_skill([&] { return ext.call(k.skill, dataset); }, row.ext_ms, row.ext_call_ms, row.ext_checksum, row.ext_warmups, "extension");
-        !e.empty())
-      return fail(e);
+  row.ratio_min = row.wasm_ms.min / row.native_ms.min;
+  if (ext) {
     row.ext_run = true;
+    row.ext_ms = summarize(ex);
+    row.ext_call_ms = summarize(ex_call);
     row.ext_ratio = row.ext_ms.median / row.native_ms.median;
   }
   return row;
@@ -693,6 +711,9 @@ nlohmann::json to_json(const KernelRow& r) {
           {"wasm_ms_p99", v(r.wasm_ms.p99)},
           {"wasm_call_ms_median", v(r.wasm_call_ms.median)},
           {"ratio_wasm_to_native", v(r.ratio)},
+          {"ratio_wasm_to_native_min", v(r.ratio_min)},
+          {"native_ms_min", v(r.native_ms.min)},
+          {"wasm_ms_min", v(r.wasm_ms.min)},
           {"ext_ms_median", e(r.ext_ms.median)},
           {"ext_ms_p99", e(r.ext_ms.p99)},
           {"ext_call_ms_median", e(r.ext_call_ms.median)},
@@ -845,13 +866,14 @@ int main(int argc, char** argv) {
   }
   if (cfg.compute) {
     std::printf("\nCompute: PolyBench-style kernels, one C source each, native (cc -O2) vs the same source as a skill\n"
-                "(wasm32, clang-19 -O2, V8). Warm-up: >= %d runs and >= %.0f ms per side (V8 tiers up meanwhile). Kernel time\n"
-                "measured inside the code (same lines both sides), median of %d runs. Call ms: the whole call as a caller sees it.\n",
+                "(wasm32, clang-19 -O2, V8). Warm-up: >= %d runs and >= %.0f ms per side (V8 tiers up meanwhile); then the\n"
+                "sides take turns, run by run. Kernel time measured inside the code (the same lines on every side), median of %d\n"
+                "runs. Call ms: the whole call as a caller sees it (input, instance, kernel's initialisation, output).\n",
                 cfg.warmup_runs, cfg.warmup_ms, cfg.runs);
-    Table t{{"Kernel", "Data set", "Native ms", "Wasm ms (in-process)", "Wasm/native", "Wasm call ms", "Ext ms", "Ext/native",
-             "Ext call ms", "Checksum"},
+    Table t{{"Kernel", "Data set", "Native ms", "Wasm ms (in-process)", "Wasm/native", "(min/min)", "Wasm call ms", "Ext ms",
+             "Ext/native", "Ext call ms", "Checksum"},
             {},
-            {false, false, true, true, true, true, true, true, true, false}};
+            {false, false, true, true, true, true, true, true, true, true, false}};
     Table bad{{"Kernel", "Data set", "Error"}, {}, {}};
     for (const auto& r : kernels) {
       if (r.status != "ok") {
@@ -859,7 +881,7 @@ int main(int argc, char** argv) {
         continue;
       }
       t.rows.push_back({r.kernel, r.dataset, fms(r.native_ms.median), fms(r.wasm_ms.median), strf("%.2f×", r.ratio),
-                        fms(r.wasm_call_ms.median), r.ext_run ? fms(r.ext_ms.median) : "-",
+                        strf("%.2f×", r.ratio_min), fms(r.wasm_call_ms.median), r.ext_run ? fms(r.ext_ms.median) : "-",
                         r.ext_run ? strf("%.2f×", r.ext_ratio) : "-", r.ext_run ? fms(r.ext_call_ms.median) : "-",
                         strf("%.10g", r.native_checksum) + (r.ext_run ? " (all 3 equal)" : " (both equal)")});
     }

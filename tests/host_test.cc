@@ -158,6 +158,54 @@ TEST_P(HostTest, EverySampleSkillThroughTheHost) {
   EXPECT_EQ(*ext.call("echo", "after trap"), "after trap");
 }
 
+TEST_P(HostTest, StatsCountEveryOutcomeAndMetricsTextListsThem) {
+  Host h(opts());
+  auto ext = spawn(h, "counted");
+  auto other = spawn(h, "idle");
+  for (auto n : {"echo", "trap", "sleeper"}) ASSERT_TRUE(ext.load_skill(n, skill(n)).ok()) << n;
+  EXPECT_EQ(ext.stats().calls, 0u);
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(ext.call("echo", "x").ok());
+  EXPECT_EQ(ext.call("trap", "div0").error().code, Code::Trap);
+  EXPECT_EQ(ext.call("nope", "x").error().code, Code::NotFound);
+  std::promise<CallResult> p;
+  auto id = ext.call_async("sleeper", "5000", {}, [&](CallResult r) { p.set_value(std::move(r)); });
+  // Sent and not ended: in flight, not yet counted.
+  ASSERT_TRUE(wait_until([&] { return ext.stats().in_flight == 1; }, 5s));
+  EXPECT_EQ(ext.stats().calls, 7u);
+  ext.cancel(id);
+  EXPECT_EQ(p.get_future().get().error().code, Code::Cancelled);
+  ASSERT_TRUE(wait_until([&] { return ext.stats().in_flight == 0; }, 5s));
+
+  auto st = ext.stats();
+  EXPECT_EQ(st.name, "counted");
+  EXPECT_EQ(st.pid, ext.pid());
+  EXPECT_TRUE(st.alive);
+  EXPECT_EQ(st.calls, 8u);
+  EXPECT_EQ(st.ok, 5u);
+  EXPECT_EQ(st.errors, (std::map<std::string, uint64_t>{{"Cancelled", 1}, {"NotFound", 1}, {"Trap", 1}}));
+  EXPECT_EQ(st.restarts, 0u);
+  EXPECT_EQ(st.skills, (std::vector<std::string>{"echo", "sleeper", "trap"}));
+  EXPECT_GT(st.latency_p50_us, 0);
+  EXPECT_GE(st.latency_p99_us, st.latency_p50_us);
+  EXPECT_THAT(st.sandbox, HasSubstr("applied:"));
+  EXPECT_EQ(other.stats().calls, 0u);
+
+  const auto names = [&] {
+    std::vector<std::string> v;
+    for (const auto& e : h.extensions()) v.push_back(e.name());
+    return v;
+  }();
+  EXPECT_EQ(names, (std::vector<std::string>{"counted", "idle"}));
+  const auto m = h.metrics_text();
+  EXPECT_THAT(m, HasSubstr("# TYPE airlock_calls_total counter\n"));
+  EXPECT_THAT(m, HasSubstr("airlock_calls_total{extension=\"counted\"} 8\n"));
+  EXPECT_THAT(m, HasSubstr("airlock_calls_total{extension=\"idle\"} 0\n"));
+  EXPECT_THAT(m, HasSubstr("airlock_call_errors_total{extension=\"counted\",code=\"Trap\"} 1\n"));
+  EXPECT_THAT(m, HasSubstr("airlock_calls_in_flight{extension=\"counted\"} 0\n"));
+  EXPECT_THAT(m, HasSubstr("airlock_skills_loaded{extension=\"counted\"} 3\n"));
+  EXPECT_THAT(m, HasSubstr("airlock_call_latency_us_count{extension=\"counted\"} 8\n"));
+}
+
 TEST_P(HostTest, UnknownSkillIsNotFoundAndBadSkillFileIsAnError) {
   Host h(opts());
   auto ext = spawn(h, "e");
@@ -240,6 +288,9 @@ TEST_P(HostTest, KillNineFailsInFlightCallsAndRestartRecovers) {
   ASSERT_TRUE(ext.alive());
   EXPECT_NE(ext.pid(), old_pid);
   EXPECT_EQ(*ext.call("sleeper", "10"), "slept 10");
+  auto st = ext.stats();
+  EXPECT_EQ(st.restarts, 1u);
+  EXPECT_EQ(st.errors["ExtensionCrashed"], 100u);
 }
 
 TEST_P(HostTest, WithoutRestartACrashedExtensionSaysSo) {

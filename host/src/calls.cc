@@ -6,12 +6,18 @@ namespace airlock::detail {
 
 void HostImpl::send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, proto::Frame frame,
                          std::chrono::milliseconds timeout, Done done, ChainInfo info, bool counts) {
+  const bool is_call = std::holds_alternative<proto::Request>(frame);
+  // A call refused here counts as a finished call (its error by code) in the stats.
+  auto refuse = [&](Error err) {
+    if (is_call) e->stats.finished({}, CallResult(err), /*was_started=*/false);
+    done(std::move(err));
+  };
   if (!e->channel) {
     std::string why = e->stopping ? "is stopped" : "is not running" + (e->down_reason.empty() ? "" : " (" + e->down_reason + ")");
-    return done(make_error(e->stopping ? Code::Unavailable : Code::ExtensionCrashed, e->label() + " " + why));
+    return refuse(make_error(e->stopping ? Code::Unavailable : Code::ExtensionCrashed, e->label() + " " + why));
   }
   if (counts && e->counted_pending >= opts.limits.max_calls_in_flight) {
-    return done(make_error(Code::ResourceExhausted, e->label() + ": " + std::to_string(e->counted_pending) +
+    return refuse(make_error(Code::ResourceExhausted, e->label() + ": " + std::to_string(e->counted_pending) +
                                                         " calls in flight already (HostLimits::max_calls_in_flight)"));
   }
   Status sent = e->channel->send(frame);
@@ -21,15 +27,16 @@ void HostImpl::send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, 
   // is killed), so that it fails with the reason ("was killed by the sandbox: ...").
   e->queued_bytes = e->channel ? e->channel->queued_bytes() : 0;
   if (sent.ok() && !e->channel && e->proc.pidfd < 0) {
-    return done(make_error(Code::ExtensionCrashed, e->label() + " hung up"));
+    return refuse(make_error(Code::ExtensionCrashed, e->label() + " hung up"));
   }
   if (!sent.ok()) {
     const bool full = sent.error().code == Code::ResourceExhausted && e->queued_bytes > 0;
-    return done(make_error(sent.error().code, e->label() + ": " + sent.error().message +
+    return refuse(make_error(sent.error().code, e->label() + ": " + sent.error().message +
                                                   (full ? " (HostLimits::max_queued_bytes)" : "")));
   }
   if (info.deadline == Deadline{}) info.deadline = std::chrono::steady_clock::now() + timeout;
-  PendingCall pc{std::move(done), nullptr, std::move(info), counts};
+  PendingCall pc{std::move(done), nullptr, std::move(info), counts, is_call, std::chrono::steady_clock::now()};
+  if (is_call) e->stats.started();
   std::weak_ptr<ExtensionState> weak = e;
   pc.timer = LoopTimer::start(&loop_, static_cast<uint64_t>(timeout.count()), [this, weak, id, timeout] {
     auto s = weak.lock();
@@ -51,6 +58,7 @@ void HostImpl::complete_pending(ExtensionState& e, uint64_t id, CallResult r) {
   e.counted_pending -= pc.counts;
   LoopTimer::stop(pc.timer);
   end_services(e, id);
+  if (pc.is_call) e.stats.finished(std::chrono::steady_clock::now() - pc.started, r);
   pc.done(std::move(r));
 }
 

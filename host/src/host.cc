@@ -147,6 +147,13 @@ Result<Extension> HostImpl::spawn(ExtensionOptions o) {
   return Extension(e);
 }
 
+std::vector<Extension> HostImpl::all_extensions() const {
+  std::lock_guard lk(ext_mu_);
+  std::vector<Extension> v;
+  for (const auto& [name, e] : extensions_) v.push_back(Extension(e));
+  return v;
+}
+
 std::optional<Extension> HostImpl::find(std::string_view name) const {
   std::lock_guard lk(ext_mu_);
   auto it = extensions_.find(name);
@@ -177,6 +184,74 @@ const std::string& Extension::name() const { return s_->opts.name; }
 int Extension::pid() const { return s_->pid; }
 bool Extension::alive() const { return s_->ready && !s_->stopping; }
 std::string Extension::sandbox_report() const { return s_->sandbox_report(); }
+
+ExtensionStats Extension::stats() const {
+  auto snap = s_->stats.snapshot();
+  ExtensionStats st;
+  st.name = s_->opts.name;
+  st.pid = pid();
+  st.alive = alive();
+  st.calls = snap.calls;
+  st.ok = snap.ok;
+  st.errors = std::move(snap.errors);
+  st.in_flight = snap.in_flight;
+  st.restarts = snap.restarts;
+  st.latency_p50_us = snap.p50_us;
+  st.latency_p99_us = snap.p99_us;
+  st.skills = skills();
+  st.sandbox = sandbox_report();
+  return st;
+}
+
+std::vector<Extension> Host::extensions() const { return impl_->all_extensions(); }
+
+std::string Host::metrics_text() const {
+  std::string out;
+  auto family = [&](const char* name, const char* type, const char* help) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+  };
+  const auto exts = extensions();
+  std::vector<ExtensionStats> all;
+  for (const auto& e : exts) all.push_back(e.stats());
+  // Extension names come from the application, but a quote or backslash would break the
+  // format: escape them as the format says.
+  auto label = [](const std::string& v) {
+    std::string s;
+    for (char c : v) {
+      if (c == '"' || c == '\\') s += '\\';
+      if (c == '\n') {
+        s += "\\n";
+        continue;
+      }
+      s += c;
+    }
+    return s;
+  };
+  family("airlock_calls_total", "counter", "Calls to the extension that have ended");
+  for (const auto& s : all) out += "airlock_calls_total{extension=\"" + label(s.name) + "\"} " + std::to_string(s.calls) + "\n";
+  family("airlock_call_errors_total", "counter", "Calls that ended with an error, by code");
+  for (const auto& s : all) {
+    for (const auto& [code, n] : s.errors) {
+      out += "airlock_call_errors_total{extension=\"" + label(s.name) + "\",code=\"" + code + "\"} " + std::to_string(n) + "\n";
+    }
+  }
+  family("airlock_calls_in_flight", "gauge", "Calls sent and not yet ended");
+  for (const auto& s : all) out += "airlock_calls_in_flight{extension=\"" + label(s.name) + "\"} " + std::to_string(s.in_flight) + "\n";
+  family("airlock_restarts_total", "counter", "Restarts after a crash");
+  for (const auto& s : all) out += "airlock_restarts_total{extension=\"" + label(s.name) + "\"} " + std::to_string(s.restarts) + "\n";
+  family("airlock_skills_loaded", "gauge", "Skills loaded into the extension");
+  for (const auto& s : all) out += "airlock_skills_loaded{extension=\"" + label(s.name) + "\"} " + std::to_string(s.skills.size()) + "\n";
+  family("airlock_call_latency_us", "summary", "Call latency in microseconds (log-scale histogram, 9 % buckets)");
+  for (const auto& s : all) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.1f", s.latency_p50_us);
+    out += "airlock_call_latency_us{extension=\"" + label(s.name) + "\",quantile=\"0.5\"} " + buf + "\n";
+    std::snprintf(buf, sizeof buf, "%.1f", s.latency_p99_us);
+    out += "airlock_call_latency_us{extension=\"" + label(s.name) + "\",quantile=\"0.99\"} " + buf + "\n";
+    out += "airlock_call_latency_us_count{extension=\"" + label(s.name) + "\"} " + std::to_string(s.calls) + "\n";
+  }
+  return out;
+}
 
 namespace detail {
 std::string ExtensionState::sandbox_report() const {

@@ -29,6 +29,7 @@
 #include "airlock/shm/fd_channel.h"
 #include "airlock/shm/pool.h"
 #include "airlock/shm/registry.h"
+#include "call_stats.h"
 #include "log_gate.h"
 #include "process.h"
 #include "worker_pool.h"
@@ -60,6 +61,8 @@ struct PendingCall {
   LoopTimer* timer = nullptr;  // host-side deadline (backstop to the extension's own)
   ChainInfo info;
   bool counts = true;  // toward max_calls_in_flight (health pings do not)
+  bool is_call = false;  // a skill call (counted in CallStats), not a control request
+  std::chrono::steady_clock::time_point started{};
 };
 
 // A skill's call of a host service, while it is open. Shared by the handler's
@@ -128,6 +131,7 @@ class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
   std::shared_ptr<shm::Pool> pool;
 
   std::string label() const;  // "extension 'x' (pid 123)"
+  CallStats stats;  // any thread
 
   std::string sandbox_report() const;
   void set_sandbox_report(std::string r);
@@ -161,6 +165,7 @@ class HostImpl {
 
   Result<Extension> spawn(ExtensionOptions opts);
   std::optional<Extension> find(std::string_view name) const;
+  std::vector<Extension> all_extensions() const;
   void stop_all(std::chrono::milliseconds grace);
 
   // [loop] supervisor.cc

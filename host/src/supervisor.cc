@@ -208,6 +208,7 @@ void HostImpl::schedule_restart(const std::shared_ptr<ExtensionState>& e) {
   if (p.mode != RestartPolicy::Mode::OnFailure || e->restarts >= p.max_restarts) return;
   e->backoff = e->restarts == 0 ? p.initial_backoff : std::min(p.max_backoff, e->backoff * 2);
   e->restarts++;
+  e->stats.restarted();
   spdlog::info("restarting extension '{}' in {} ms (restart {} of {})", e->opts.name, e->backoff.count(), e->restarts,
                p.max_restarts);
   e->restart_timer = LoopTimer::start(&loop_, static_cast<uint64_t>(e->backoff.count()), [this, e] {

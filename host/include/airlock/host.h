@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <functional>
 #include <future>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -237,6 +238,25 @@ using ServiceHandler = std::function<void(ServiceRequest)>;
 // Runs on a worker thread (HostOptions::service_threads); may block.
 using BlockingServiceHandler = std::function<CallResult(const ServiceRequest&)>;
 
+// What an extension has done so far (Extension::stats(); Host::metrics_text() has the
+// same in Prometheus text form). Calls count once they end: answered, failed, timed out,
+// cancelled, or refused by a host bound. Latencies are from a log-scale histogram (9 %
+// buckets), for the calls this host made to it, nested ones included.
+struct ExtensionStats {
+  std::string name;
+  int pid = 0;
+  bool alive = false;
+  uint64_t calls = 0;
+  uint64_t ok = 0;
+  std::map<std::string, uint64_t> errors;  // by code name: {"Timeout", 3}
+  uint32_t in_flight = 0;
+  uint32_t restarts = 0;
+  double latency_p50_us = 0;
+  double latency_p99_us = 0;
+  std::vector<std::string> skills;
+  std::string sandbox;  // Extension::sandbox_report()
+};
+
 // A handle to one extension process (cheap to copy). Survives restarts: after a crash
 // with a restart policy, the same handle talks to the new process.
 class Extension {
@@ -247,6 +267,7 @@ class Extension {
   // The sandbox layers the current process reported ("applied: userns,...; missing: ...").
   // Its own words, for people: the host's checks do not rest on it.
   std::string sandbox_report() const;
+  ExtensionStats stats() const;  // any thread, service handlers too
 
   Status load_skill(const std::string& skill, const std::string& wasm_path, std::optional<SkillLimits> limits = {});
   Status load_skill_bytes(const std::string& skill, std::span<const uint8_t> wasm,
@@ -285,6 +306,11 @@ class Host {
   // Starts an extension and waits until it reports ready.
   Result<Extension> spawn(ExtensionOptions options);
   std::optional<Extension> find(std::string_view name) const;
+  std::vector<Extension> extensions() const;  // every extension spawned and not yet removed, by name
+  // Every extension's ExtensionStats in the Prometheus text format (airlock_calls_total,
+  // airlock_call_errors_total{code}, airlock_calls_in_flight, airlock_restarts_total,
+  // airlock_call_latency_us{quantile}), for an application's /metrics endpoint.
+  std::string metrics_text() const;
   // Stops every extension: graceful within `grace`, then SIGTERM, then SIGKILL.
   void stop(std::chrono::milliseconds grace = 2s);
 

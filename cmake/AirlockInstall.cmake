@@ -14,7 +14,7 @@ include(CMakePackageConfigHelpers)
 
 set(AIRLOCK_CMAKE_INSTALL_DIR "${CMAKE_INSTALL_LIBDIR}/cmake/Airlock")
 
-install(FILES host/include/airlock/host.h host/include/airlock/manifest.h proto/include/airlock/status.h
+install(FILES host/include/airlock/host.h host/include/airlock/manifest.h host/include/airlock/skill_set.h proto/include/airlock/status.h
         DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/airlock" COMPONENT host)
 install(TARGETS airlock EXPORT AirlockTargets
         LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}" COMPONENT host)

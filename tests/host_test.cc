@@ -20,6 +20,7 @@
 #include <spdlog/spdlog.h>
 
 #include "airlock/host.h"
+#include "airlock/skill_set.h"
 
 using namespace airlock;
 using namespace std::chrono_literals;
@@ -204,6 +205,107 @@ TEST_P(HostTest, StatsCountEveryOutcomeAndMetricsTextListsThem) {
   EXPECT_THAT(m, HasSubstr("airlock_calls_in_flight{extension=\"counted\"} 0\n"));
   EXPECT_THAT(m, HasSubstr("airlock_skills_loaded{extension=\"counted\"} 3\n"));
   EXPECT_THAT(m, HasSubstr("airlock_call_latency_us_count{extension=\"counted\"} 8\n"));
+}
+
+std::shared_ptr<const std::vector<uint8_t>> module_bytes(const std::string& name) {
+  std::ifstream f(skill(name), std::ios::binary);
+  return std::make_shared<const std::vector<uint8_t>>(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+TEST_P(HostTest, SkillSetPlacesEvenlyLoadsOnFirstCallAndEvictsTheLeastRecentlyCalled) {
+  Host h(opts());
+  std::vector<Extension> exts{spawn(h, "a"), spawn(h, "b"), spawn(h, "c")};
+  auto echo = module_bytes("echo");
+  ASSERT_FALSE(echo->empty());
+  SkillSet set({.extensions = exts, .cache_bytes = 2 * echo->size()});
+  for (int i = 1; i <= 6; ++i) ASSERT_TRUE(set.add("e" + std::to_string(i), echo).ok());
+  std::map<int, int> per_ext;
+  for (const auto& n : set.skills()) per_ext[set.placement(n)->pid()]++;
+  EXPECT_EQ(per_ext.size(), 3u);
+  for (auto [pid, n] : per_ext) EXPECT_EQ(n, 2) << "pid " << pid;
+  // Placed, not loaded.
+  EXPECT_TRUE(set.cached().empty());
+  for (auto& e : exts) EXPECT_TRUE(e.skills().empty()) << e.name();
+
+  EXPECT_EQ(*set.call("e1", "one"), "one");
+  EXPECT_EQ(*set.call("e2", "two"), "two");
+  EXPECT_EQ(set.cached(), (std::vector<std::string>{"e2", "e1"}));
+  EXPECT_EQ(set.placement("e1")->skills(), std::vector<std::string>{"e1"});
+  EXPECT_EQ(*set.call("e3", "three"), "three");
+  // e1 was the least recently called: unloaded from its extension, still known.
+  EXPECT_EQ(set.cached(), (std::vector<std::string>{"e3", "e2"}));
+  EXPECT_EQ(set.cached_bytes(), 2 * echo->size());
+  EXPECT_TRUE(set.placement("e1")->skills().empty());
+  EXPECT_EQ(*set.call("e1", "again"), "again");
+  EXPECT_EQ(set.cached(), (std::vector<std::string>{"e1", "e3"}));
+
+  ASSERT_TRUE(set.drop("e1").ok());
+  EXPECT_TRUE(set.placement("e1")->skills().empty());
+  EXPECT_EQ(set.cached(), std::vector<std::string>{"e3"});
+  EXPECT_EQ(*set.call("e1", "back"), "back");
+  ASSERT_TRUE(set.remove("e1").ok());
+  auto gone = set.call("e1", "x");
+  EXPECT_EQ(gone.error().code, Code::NotFound);
+  EXPECT_THAT(gone.error().message, HasSubstr("'e1'"));
+  EXPECT_EQ(set.skills(), (std::vector<std::string>{"e2", "e3", "e4", "e5", "e6"}));
+  EXPECT_FALSE(set.placement("e1"));
+}
+
+TEST_P(HostTest, SkillSetNeverEvictsASkillWithACallInFlight) {
+  Host h(opts());
+  HoldService hold(h);
+  auto ext = spawn(h, "one");
+  auto echo = module_bytes("echo");
+  auto caller = module_bytes("caller");
+  SkillSet set({.extensions = {ext}, .cache_bytes = std::max(echo->size(), caller->size())});
+  ASSERT_TRUE(set.add("held", caller).ok());
+  ASSERT_TRUE(set.add("e1", echo).ok());
+  ASSERT_TRUE(set.add("e2", echo).ok());
+  auto held = set.call_async("held", "hold|x");
+  ASSERT_TRUE(hold.wait_for(1, 10s));  // the call is inside the extension
+  EXPECT_EQ(*set.call("e1", "1"), "1");
+  EXPECT_EQ(set.cached(), (std::vector<std::string>{"e1", "held"}));  // over the budget while busy
+  EXPECT_EQ(*set.call("e2", "2"), "2");
+  EXPECT_EQ(set.cached(), (std::vector<std::string>{"e2", "held"}));
+  EXPECT_EQ(ext.skills(), (std::vector<std::string>{"e2", "held"}));
+}
+
+TEST_P(HostTest, SkillSetErrorsNameTheSkillAndConcurrentFirstCallsAllSucceed) {
+  Host h(opts());
+  auto ext = spawn(h, "one");
+  SkillSet none({});
+  EXPECT_EQ(none.add("x", module_bytes("echo")).error().code, Code::InvalidArgument);
+  SkillSet set({.extensions = {ext}});
+  auto junk = std::make_shared<const std::vector<uint8_t>>(std::vector<uint8_t>{'n', 'o', 't', ' ', 'w', 'a', 's', 'm'});
+  ASSERT_TRUE(set.add("junk", junk).ok());
+  EXPECT_EQ(set.add("junk", junk).error().code, Code::InvalidArgument);
+  EXPECT_EQ(set.add_file("nofile", "/nonexistent/x.wasm").error().code, Code::NotFound);
+  auto bad = set.call("junk", "x");
+  EXPECT_EQ(bad.error().code, Code::InvalidArgument);
+  EXPECT_THAT(bad.error().message, HasSubstr("skill 'junk'"));
+  EXPECT_TRUE(set.cached().empty());
+  EXPECT_EQ(set.cached_bytes(), 0u);
+  EXPECT_EQ(set.call("nope", "x").error().code, Code::NotFound);
+
+  ASSERT_TRUE(set.add_file("echo", skill("echo")).ok());
+  std::vector<std::future<CallResult>> fs;
+  std::vector<std::thread> ts;
+  std::mutex mu;
+  for (int t = 0; t < 8; ++t) {
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < 10; ++i) {
+        auto f = set.call_async("echo", std::to_string(t * 100 + i));
+        std::lock_guard lk(mu);
+        fs.push_back(std::move(f));
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  int ok = 0;
+  for (auto& f : fs) ok += f.get().ok();
+  EXPECT_EQ(ok, 80);
+  EXPECT_EQ(set.cached(), std::vector<std::string>{"echo"});
+  EXPECT_EQ(ext.stats().calls, 80u);
 }
 
 TEST_P(HostTest, UnknownSkillIsNotFoundAndBadSkillFileIsAnError) {

@@ -185,6 +185,8 @@ int Extension::pid() const { return s_->pid; }
 bool Extension::alive() const { return s_->ready && !s_->stopping; }
 std::string Extension::sandbox_report() const { return s_->sandbox_report(); }
 
+bool Extension::on_io_thread() const { return s_->host->on_loop_thread(); }
+
 ExtensionStats Extension::stats() const {
   auto snap = s_->stats.snapshot();
   ExtensionStats st;

@@ -32,6 +32,9 @@ int main(int argc, char** argv) {
   run->add_option("--log", log_dir, "Write NAME.log (the seeds' format) and NAME.json into this folder");
   run->add_option("--extensions", ro.extensions, "Extensions the skills are spread over")->capture_default_str()
       ->check(CLI::Range(1, 1024).description("1 to 1024"));
+  run->add_option("--cache-kb", ro.cache_kb, "Loaded skills' wasm bytes at most (KB); past it the least recently called are unloaded")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64 << 20));
   run->add_option("--transport", transport, "msgpack or grpc")->capture_default_str()->check(CLI::IsMember({"msgpack", "grpc"}));
   run->add_option("--skill", ro.skill_wasm, "The sample skill (input ARG,MEM_KB,WAIT_MS)")->capture_default_str();
   run->add_option("--extension-binary", ro.extension_binary, "airlock-extension to run (default: the library's choice)");

@@ -12,6 +12,7 @@
 #include <sstream>
 #include <thread>
 
+#include "airlock/skill_set.h"
 #include "process_tree.h"
 
 namespace airlock::ctl {
@@ -20,16 +21,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-struct Skill {
-  std::string name;
-  size_t ext = 0;       // index into the extensions
-  bool loaded = false;
-};
-
 class Runner {
  public:
   Runner(const RunOptions& o, std::string wasm, std::ostream& progress)
-      : o_(o), wasm_(std::move(wasm)), progress_(progress) {}
+      : o_(o), wasm_(std::make_shared<const std::vector<uint8_t>>(wasm.begin(), wasm.end())), progress_(progress) {}
 
   Status start() {
     HostOptions ho;
@@ -44,6 +39,7 @@ class Runner {
       if (!e.ok()) return e.take_error();
       exts_.push_back(*e);
     }
+    set_ = std::make_unique<SkillSet>(SkillSetOptions{.extensions = exts_, .cache_bytes = o_.cache_kb << 10});
     return ok_status();
   }
 
@@ -75,15 +71,15 @@ class Runner {
       count(add(*k));
     } else if (verb == "skills" || verb == "cached_skills") {
       if (auto st = need(0); !st.ok()) return st;
-      size_t n = 0;
-      for (const auto& s : skills_) n += verb == "skills" || s.loaded;
+      const size_t n = verb == "skills" ? set_->skills().size() : set_->cached().size();
       progress_ << "  " << verb << ": " << n << "\n";
       rec.ok = static_cast<int>(n);
     } else if (verb == "execute_skill") {
       if (auto st = need(4); !st.ok()) return st;
-      Skill* s = find(w[1]);
-      if (!s) return make_error(Code::NotFound, "no skill '" + w[1] + "' (add_c names them sample_c1, sample_c2, ...)");
-      count(status_of(call(*s, w[2] + "," + w[3] + "," + w[4]).get()));
+      if (!set_->placement(w[1])) {
+        return make_error(Code::NotFound, "no skill '" + w[1] + "' (add_c names them sample_c1, sample_c2, ...)");
+      }
+      count(status_of(call(w[1], w[2] + "," + w[3] + "," + w[4]).get()));
     } else if (verb == "execute_all" || verb == "p_execute_all") {
       const bool parallel = verb == "p_execute_all";
       if (auto st = need(parallel ? 4 : 3); !st.ok()) return st;
@@ -92,27 +88,24 @@ class Runner {
       if (!k.ok()) return k.take_error();
       if (parallel) {
         std::vector<std::future<CallResult>> fs;
-        for (auto& s : skills_) {
+        for (const auto& s : set_->skills()) {
           for (int i = 0; i < *k; ++i) fs.push_back(call(s, input));
         }
         for (auto& f : fs) count(status_of(f.get()));
       } else {
-        for (auto& s : skills_) count(status_of(call(s, input).get()));
+        for (const auto& s : set_->skills()) count(status_of(call(s, input).get()));
       }
     } else if (verb == "drop_cached_skill" || verb == "delete_skill") {
       if (auto st = need(0); !st.ok()) return st;
-      for (auto it = skills_.rbegin(); it != skills_.rend(); ++it) {
-        if (verb == "drop_cached_skill" && !it->loaded) continue;
-        if (it->loaded) count(exts_[it->ext].unload_skill(it->name));
-        it->loaded = false;
-        if (verb == "delete_skill") skills_.erase(std::next(it).base());
-        return ok_status();
+      // drop: the most recently called loaded skill; delete: the newest skill.
+      const auto names = verb == "delete_skill" ? set_->skills() : set_->cached();
+      if (names.empty()) {
+        return make_error(Code::NotFound, verb == "delete_skill" ? "no skill to delete" : "no loaded skill to drop");
       }
-      return make_error(Code::NotFound, verb == "delete_skill" ? "no skill to delete" : "no loaded skill to drop");
+      count(verb == "delete_skill" ? set_->remove(names.back()) : set_->drop(names.front()));
     } else if (verb == "stop") {
       if (auto st = need(0); !st.ok()) return st;
       host_->stop(2s);
-      for (auto& s : skills_) s.loaded = false;
       rec.ok = 1;
     } else {
       return make_error(Code::InvalidArgument, "unknown command '" + verb +
@@ -134,21 +127,15 @@ class Runner {
   }
   static Status status_of(const CallResult& r) { return r.ok() ? ok_status() : Status(r.error()); }
 
-  Skill* find(const std::string& name) {
-    for (auto& s : skills_)
-      if (s.name == name) return &s;
-    return nullptr;
-  }
-
-  // Adds k skills, loading them in parallel (one thread per extension at most).
+  // Adds k skills, loading them in parallel (one thread per skill).
   Status add(int k) {
-    std::vector<size_t> fresh;
+    std::vector<std::string> fresh;
     for (int i = 0; i < k; ++i) {
-      skills_.push_back({"sample_c" + std::to_string(++added_), static_cast<size_t>(added_ - 1) % exts_.size(), false});
-      fresh.push_back(skills_.size() - 1);
+      fresh.push_back("sample_c" + std::to_string(++added_));
+      if (auto st = set_->add(fresh.back(), wasm_); !st.ok()) return st;
     }
     std::vector<std::future<Status>> fs;
-    for (size_t i : fresh) fs.push_back(std::async(std::launch::async, [this, i] { return load(skills_[i]); }));
+    for (const auto& n : fresh) fs.push_back(std::async(std::launch::async, [this, n] { return set_->load(n); }));
     Status first = ok_status();
     for (auto& f : fs) {
       Status st = f.get();
@@ -157,33 +144,19 @@ class Runner {
     return first;
   }
 
-  Status load(Skill& s) {
-    std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(wasm_.data()), wasm_.size());
-    Status st = exts_[s.ext].load_skill_bytes(s.name, bytes);
-    if (st.ok()) s.loaded = true;
-    return st;
-  }
-
-  // A call; a skill that is not loaded is loaded first.
-  std::future<CallResult> call(Skill& s, const std::string& input) {
-    if (!s.loaded) {
-      if (auto st = load(s); !st.ok()) {
-        std::promise<CallResult> p;
-        p.set_value(st.error());
-        return p.get_future();
-      }
-    }
+  // A call; the skill set loads a skill that is not loaded first.
+  std::future<CallResult> call(const std::string& skill, const std::string& input) {
     CallOptions co;
     co.timeout = std::chrono::minutes(5);
-    return exts_[s.ext].call_async(s.name, input, co);
+    return set_->call_async(skill, input, co);
   }
 
   const RunOptions& o_;
-  std::string wasm_;
+  std::shared_ptr<const std::vector<uint8_t>> wasm_;  // one module under many names
   std::ostream& progress_;
   std::unique_ptr<Host> host_;
   std::vector<Extension> exts_;
-  std::vector<Skill> skills_;
+  std::unique_ptr<SkillSet> set_;
   int added_ = 0;
 };
 

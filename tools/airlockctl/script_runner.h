@@ -6,12 +6,12 @@
 //   execute_skill NAME ARG MEM WAIT    one call: the sample allocates MEM KB, waits WAIT ms
 //   execute_all ARG MEM WAIT           one call of every skill, one after another
 //   p_execute_all ARG MEM WAIT K       K calls of every skill, all at once
-//   drop_cached_skill                  unload the newest loaded skill (it loads again on its next call)
+//   drop_cached_skill                  unload the most recently called loaded skill (it loads again on its next call)
 //   delete_skill                       unload and forget the newest skill
 //   stop                               stop every extension (the host's stop)
 //
-// Skills are spread round-robin over the extensions; a call of a skill that is not
-// loaded loads it first (a skill cache in the simplest form). Each command is timed and
+// Skills live in an airlock::SkillSet over the extensions: spread evenly by size, loaded
+// on their first call, least recently called unloaded past its cache budget. Each command is timed and
 // the whole process tree's RSS and PSS are read before and after it.
 #pragma once
 
@@ -27,6 +27,7 @@ struct RunOptions {
   std::string script;
   std::string skill_wasm;       // the sample skill (greet: "ARG,MEM_KB,WAIT_MS")
   int extensions = 2;
+  uint64_t cache_kb = 256 << 10;  // SkillSetOptions::cache_bytes / 1024
   Transport transport = Transport::Msgpack;
   std::string extension_binary;  // empty: the library's choice
 };

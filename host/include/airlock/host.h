@@ -259,6 +259,8 @@ struct ExtensionStats {
 
 // A handle to one extension process (cheap to copy). Survives restarts: after a crash
 // with a restart policy, the same handle talks to the new process.
+class SkillSet;
+
 class Extension {
  public:
   const std::string& name() const;
@@ -290,6 +292,8 @@ class Extension {
 
  private:
   friend class detail::HostImpl;
+  friend class SkillSet;
+  bool on_io_thread() const;  // the host's I/O thread: where blocking methods would deadlock
   explicit Extension(std::shared_ptr<detail::ExtensionState> s) : s_(std::move(s)) {}
   Result<proto::ShmRef> share(const Payload& in);  // sends the buffer's fd once, checks the slice
   Status load(const std::string& skill, std::string wasm, std::string path, std::optional<SkillLimits> limits);

@@ -78,6 +78,30 @@ TEST_P(SharedInputTest, SumOverFiftyMiBSharedEqualsInline) {
   EXPECT_EQ(*inline_r, *shared);
 }
 
+// Mapped, not copied (input_window.h): a skill limited to 16 MiB reads a 256 MiB input,
+// and an unaligned slice reads the same bytes as the same slice sent inline.
+TEST_P(SharedInputTest, AMappedInputIsLargerThanTheSkillsMemoryLimit) {
+  ASSERT_TRUE(ext_->load_skill("small_sum", skill("sum"), SkillLimits{16, 30'000}).ok());
+  const size_t n = 256u << 20;
+  auto buf = ext_->allocate(n);
+  ASSERT_TRUE(buf.ok()) << buf.error().to_string();
+  auto d = buf->data();
+  d[0] = 3;
+  d[n / 2] = 5;
+  d[n - 1] = 7;
+  auto r = ext_->call("small_sum", *buf);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(le64(*r), 15u);
+  // Copied, the same input cannot fit in 16 MiB.
+  auto copied = ext_->call("small_sum", std::string(20u << 20, '\1'));
+  EXPECT_EQ(copied.error().code, Code::ResourceExhausted);
+  for (size_t i = 0; i < (3u << 20); ++i) d[4097 + i] = static_cast<uint8_t>(i * 7 + (i >> 9));
+  auto slice = ext_->call("small_sum", Payload(*buf, 4097, 3u << 20));
+  auto same = ext_->call("sum", std::string(reinterpret_cast<const char*>(d.data()) + 4097, 3u << 20));
+  ASSERT_TRUE(slice.ok()) << slice.error().to_string();
+  EXPECT_EQ(*slice, *same);
+}
+
 TEST_P(SharedInputTest, SlicesAndRefusedSlices) {
   auto buf = ext_->allocate(1 << 20);
   ASSERT_TRUE(buf.ok());

@@ -75,6 +75,9 @@ class Instance {
   // that may grow memory: re-read it after every call into wasm.
   virtual std::span<uint8_t> memory() = 0;
   virtual uint32_t memory_pages() = 0;
+  // Grows the linear memory by `pages` (64 KiB each), as memory.grow would; returns the
+  // size before, in pages. ResourceExhausted past the memory's maximum.
+  virtual Result<uint32_t> grow_memory(uint32_t pages) = 0;
   void* user_data = nullptr;  // owned by whoever set it (the runtime's call state)
 };
 

@@ -83,6 +83,7 @@ class V8Instance final : public Instance {
   Result<std::vector<Value>> call(std::string_view export_name, std::span<const Value> args) override;
   std::span<uint8_t> memory() override;
   uint32_t memory_pages() override { return static_cast<uint32_t>(memory().size() / 65536); }
+  Result<uint32_t> grow_memory(uint32_t pages) override;
 
  private:
   V8Engine* engine_;
@@ -323,6 +324,25 @@ std::span<uint8_t> V8Instance::memory() {
   v8::HandleScope hs(iso_);
   auto buf = memory_.Get(iso_)->Buffer();
   return {static_cast<uint8_t*>(buf->Data()), buf->ByteLength()};
+}
+
+// Through the JS API (WebAssembly.Memory.prototype.grow): V8 10.2 has no C++ call for it.
+Result<uint32_t> V8Instance::grow_memory(uint32_t pages) {
+  if (memory_.IsEmpty()) return make_error(Code::NotFound, "the module exports no memory");
+  v8::HandleScope hs(iso_);
+  auto ctx = engine_->context();
+  auto mem = memory_.Get(iso_);
+  v8::Local<v8::Value> grow;
+  if (!mem->Get(ctx, str(iso_, "grow")).ToLocal(&grow) || !grow->IsFunction()) {
+    return make_error(Code::Internal, "WebAssembly.Memory has no grow()");
+  }
+  v8::TryCatch tc(iso_);
+  v8::Local<v8::Value> argv[1] = {v8::Integer::NewFromUnsigned(iso_, pages)};
+  v8::Local<v8::Value> before;
+  if (!grow.As<v8::Function>()->Call(ctx, mem, 1, argv).ToLocal(&before) || !before->IsUint32()) {
+    return make_error(Code::ResourceExhausted, "cannot grow the memory by " + std::to_string(pages) + " pages");
+  }
+  return before.As<v8::Uint32>()->Value();
 }
 
 Result<std::vector<Value>> V8Instance::call(std::string_view export_name, std::span<const Value> args) {

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "airlock/loop_timer.h"
+#include "runtime/input_window.h"
 #include "runtime/skill_runtime.h"
 #include "runtime/wasm_info.h"
 
@@ -66,11 +67,34 @@ class MemoryShare {
 };
 
 struct PooledInstance {
+  PooledInstance() = default;
+  PooledInstance(PooledInstance&&) = default;
+  PooledInstance& operator=(PooledInstance&&) = default;
+  ~PooledInstance() { unmap_window(); }
+
   std::unique_ptr<engine::Instance> inst;
   MemoryShare share;  // its linear memory in RuntimeUsage
-  // Re-reads the memory size into the share (after wasm ran: it may have grown).
-  void account() { share.set(inst ? inst->memory().size() : 0); }
+  // A mapped input (such an instance is never pooled), in the pages grown for it.
+  InputWindow window;
+  uint64_t window_offset = 0;  // where in the memory those pages start
+  uint64_t window_bytes = 0;   // how many (>= the window's length)
+  uint8_t* window_base = nullptr;  // the memory's start when it was mapped
+
+  // Re-reads the memory size into the share (after wasm ran: it may have grown). A
+  // mapped input is not the skill's memory: it does not count.
+  void account() { share.set(inst ? inst->memory().size() - (window.active() ? window_bytes : 0) : 0); }
+  void unmap_window() {
+    if (!window.active()) return;
+    // With the trap handler V8 grows memory in place; without it, a grow may move the
+    // memory (and free the old range): then the range is no longer ours to touch.
+    if (inst && inst->memory().data() == window_base) {
+      window.release();
+    } else {
+      window.forget();
+    }
+  }
   void drop() {  // a trapped, terminated or grown instance: never reused
+    unmap_window();
     inst.reset();
     share.reset();
   }
@@ -91,6 +115,11 @@ struct SkillRuntime::Skill {
   bool has_initialize = false;
   std::vector<PooledInstance> pool;
   std::shared_ptr<const std::vector<uint8_t>> snapshot;  // taken from the first instance
+  // The module as loaded (limits applied), and a variant with room for a mapped input of
+  // `window_module_pages` pages (compiled on the first such call, kept for the next).
+  std::vector<uint8_t> bytes;
+  std::shared_ptr<engine::Module> window_module;
+  uint32_t window_module_pages = 0;
   std::string stdout_line, stderr_line;  // partial lines written by _initialize
   uint32_t init_log_lines = 0;           // lines logged by _initialize (same budget as a call)
 };

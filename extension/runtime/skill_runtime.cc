@@ -168,6 +168,7 @@ Status SkillRuntime::load(const std::string& name, std::span<const uint8_t> wasm
   auto module = engine_->compile(limited.value());
   if (!module.ok()) return skill_error(name, Code::InvalidArgument, module.error().message);
   skill->module = std::move(module.value());
+  skill->bytes = std::move(limited.value());  // for the variant with an input window
 
   // Instantiate once now: proves linking and _initialize, and warms the pool.
   if (auto st = add_instance(*skill); !st.ok()) return st;
@@ -204,6 +205,20 @@ RuntimeStats SkillRuntime::stats() const {
 // Adds a fresh instance to the skill's pool: instantiate, check the ABI version, run
 // _initialize, and snapshot the memory for FreshState::Reset.
 Status SkillRuntime::add_instance(Skill& s) {
+  auto p = new_instance(s, *s.module);
+  if (!p.ok()) return p.take_error();
+  if (s.limits.fresh == FreshState::Reset) {
+    auto mem = p->inst->memory();
+    if (!s.snapshot) s.snapshot = std::make_shared<const std::vector<uint8_t>>(mem.begin(), mem.end());
+    p->snapshot = s.snapshot;
+  }
+  s.pool.push_back(std::move(p.value()));
+  return ok_status();
+}
+
+// Instantiates `module` (the skill's, or its variant with room for an input window),
+// checks the ABI version and runs _initialize, all under the watchdog.
+Result<PooledInstance> SkillRuntime::new_instance(Skill& s, engine::Module& module) {
   if (usage_->instances >= limits_.max_instances) {
     return skill_error(s.name, Code::ResourceExhausted,
                        std::to_string(usage_->instances) + " live instances already (the extension's limit)");
@@ -213,7 +228,7 @@ Status SkillRuntime::add_instance(Skill& s) {
   // (a start function that loops used to wedge the extension's loop for good).
   const auto deadline = Clock::now() + std::chrono::milliseconds(s.limits.timeout_ms);
   watchdog_->arm(deadline);
-  auto inst = s.module->instantiate();
+  auto inst = module.instantiate();
   disarm_watchdog();
   if (!inst.ok()) {
     const bool timed_out = inst.error().code == Code::Timeout;
@@ -246,13 +261,7 @@ Status SkillRuntime::add_instance(Skill& s) {
                            " (this runtime speaks version 1)");
   }
   if (!init.ok()) return skill_error(s.name, init.error().code, "_initialize failed: " + init.error().message);
-  if (s.limits.fresh == FreshState::Reset) {
-    auto mem = p.inst->memory();
-    if (!s.snapshot) s.snapshot = std::make_shared<const std::vector<uint8_t>>(mem.begin(), mem.end());
-    p.snapshot = s.snapshot;
-  }
-  s.pool.push_back(std::move(p));
-  return ok_status();
+  return p;
 }
 
 // ---- calls ------------------------------------------------------------------------
@@ -310,6 +319,7 @@ uint64_t SkillRuntime::start_call(std::string_view skill_name, std::string input
 
 void SkillRuntime::start(Call& c) {
   Skill& s = *c.skill;
+  if (c.input_view.fd >= 0 && c.input_view.bytes.size() >= limits_.map_inputs_from_bytes) return start_mapped(c);
   if (s.pool.empty()) {
     if (auto st = add_instance(s); !st.ok()) return finish(c, st.take_error());
   }
@@ -349,6 +359,67 @@ void SkillRuntime::start(Call& c) {
   if (!in.empty()) std::memcpy(mem.data() + static_cast<uint32_t>(c.in_ptr), in.data(), in.size());
   std::string().swap(c.input);  // the bytes live in the instance now
   c.input_view = {};
+  run(c);
+}
+
+// A large shared input, mapped instead of copied (input_window.h): a fresh instance of
+// the skill's variant whose memory maximum has room for the window on top of the skill's
+// own limit; the memory grows by the window's pages, and the memfd's pages go over them.
+// The skill gets (ptr, len) as always. O(1) in the input's size: no copy, no fault.
+void SkillRuntime::start_mapped(Call& c) {
+  Skill& s = *c.skill;
+  constexpr uint64_t kOsPage = 4096, kWasmPage = 65536;
+  const InputView& v = c.input_view;
+  const uint64_t lead = v.file_offset % kOsPage;  // mmap maps whole OS pages
+  const uint64_t span = lead + v.bytes.size();
+  const uint64_t pages = (span + kWasmPage - 1) / kWasmPage;
+  if (v.bytes.size() > 0x7fffffffu || s.max_pages + pages > 65536) {
+    return finish(c, skill_error(s.name, Code::ResourceExhausted,
+                                 "a shared input of " + std::to_string(v.bytes.size() >> 20) +
+                                     " MiB does not fit in a 4 GiB wasm32 memory beside the skill's limit of " +
+                                     std::to_string(s.limits.max_memory_mb) + " MiB"));
+  }
+  if (!s.window_module || s.window_module_pages != pages) {
+    auto bytes = limit_memory(s.bytes, s.max_pages, static_cast<uint32_t>(pages));
+    if (!bytes.ok()) return finish(c, skill_error(s.name, bytes.error().code, bytes.error().message));
+    auto m = engine_->compile(bytes.value());
+    if (!m.ok()) return finish(c, skill_error(s.name, Code::Internal, "input window variant: " + m.error().message));
+    s.window_module = std::move(m.value());
+    s.window_module_pages = static_cast<uint32_t>(pages);
+  }
+  auto fresh = new_instance(s, *s.window_module);
+  if (!fresh.ok()) return finish(c, fresh.take_error());
+  c.inst = std::move(fresh.value());
+  c.inst.binding->call = &c;
+  auto before = c.inst.inst->grow_memory(static_cast<uint32_t>(pages));
+  if (!before.ok()) {
+    c.inst.drop();
+    return finish(c, skill_error(s.name, Code::ResourceExhausted, "input window: " + before.error().message));
+  }
+  const uint64_t at = uint64_t(before.value()) * kWasmPage;
+  auto mem = c.inst.inst->memory();
+  if (at + pages * kWasmPage > mem.size()) {
+    c.inst.drop();
+    return finish(c, skill_error(s.name, Code::Internal, "input window: the memory did not grow"));
+  }
+  auto w = InputWindow::map(mem.data() + at, v.fd, v.file_offset - lead, (span + kOsPage - 1) / kOsPage * kOsPage);
+  if (!w.ok()) {
+    c.inst.drop();
+    return finish(c, skill_error(s.name, w.error().code, w.error().message));
+  }
+  c.inst.window = std::move(w.value());
+  c.inst.window_offset = at;
+  c.inst.window_bytes = pages * kWasmPage;
+  c.inst.window_base = mem.data();
+  c.inst.account();
+  if (!within_memory_limit()) {
+    c.inst.drop();
+    return finish(c, over_memory(s.name));
+  }
+  c.in_ptr = static_cast<int32_t>(at + lead);
+  c.in_len = static_cast<int32_t>(v.bytes.size());
+  stats_.mapped_inputs++;
+  c.input_view = {};  // the mapping holds the file now
   run(c);
 }
 
@@ -444,7 +515,9 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
   if (c.inst.inst && c.state != Call::State::Suspended) {
     c.inst.binding->call = nullptr;
     bool keep = false;
-    if (s.limits.fresh == FreshState::Reuse) {
+    if (c.inst.window.active()) {
+      c.inst.drop();  // its memory holds another call's input: never pooled
+    } else if (s.limits.fresh == FreshState::Reuse) {
       keep = true;
     } else if (s.limits.fresh == FreshState::Reset && r.ok()) {
       // A normal return restored the shadow stack; restoring memory restores the rest.

@@ -475,7 +475,7 @@ Result<WasmInfo> parse_wasm(std::span<const uint8_t> bytes) {
   return std::move(p->info);
 }
 
-Result<std::vector<uint8_t>> limit_memory(std::span<const uint8_t> bytes, uint32_t max_pages) {
+Result<std::vector<uint8_t>> limit_memory(std::span<const uint8_t> bytes, uint32_t max_pages, uint32_t extra_pages) {
   auto parsed = parse(bytes);
   if (!parsed) return parsed.take_error();
   const Parsed& p = *parsed;
@@ -495,6 +495,8 @@ Result<std::vector<uint8_t>> limit_memory(std::span<const uint8_t> bytes, uint32
                         "skill needs " + std::to_string(m.min) + " pages initially, above the limit of " +
                             std::to_string(limit) + " pages (" + std::string(mib, end) + " MiB)");
     }
+    max += extra_pages;
+    if (!(m.flags & kIndex64)) max = std::min<uint64_t>(max, kMaxPages32);
     payload.push_back(m.flags | kHasMax);
     put_leb(payload, m.min);
     put_leb(payload, max);

@@ -71,7 +71,10 @@ Result<WasmInfo> parse_wasm(std::span<const uint8_t> bytes);
 // Errors: anything parse_wasm reports; InvalidArgument "imported memory is not
 // supported"; ResourceExhausted "skill needs N pages initially, above the limit of M
 // pages (X MiB)" when the declared minimum exceeds max_pages.
-Result<std::vector<uint8_t>> limit_memory(std::span<const uint8_t> bytes, uint32_t max_pages);
+// `extra_pages` are added to every maximum after that (room the runtime reserves for a
+// mapped input window, docs/SKILL_ABI.md: the skill's own allocations stay within
+// max_pages).
+Result<std::vector<uint8_t>> limit_memory(std::span<const uint8_t> bytes, uint32_t max_pages, uint32_t extra_pages = 0);
 
 // The same for tables: every defined table gets maximum min(declared maximum,
 // max_entries), so table.grow cannot pass it; only the table section is re-encoded.

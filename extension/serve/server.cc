@@ -159,7 +159,7 @@ class Server {
     if (side_.valid()) (void)pump_side();
     auto v = shm_.resolve(r.shm_refs[0]);
     if (!v.ok()) return make_error(v.error().code, "shared input: " + v.error().message);
-    return runtime::InputView{{reinterpret_cast<const uint8_t*>(v->bytes.data()), v->bytes.size()}, v->mapping};
+    return runtime::InputView{{reinterpret_cast<const uint8_t*>(v->bytes.data()), v->bytes.size()}, v->mapping, v->fd(), v->offset};
   }
 
   void handle(proto::Request&& r) {

@@ -102,6 +102,31 @@ TEST_P(SharedInputTest, AMappedInputIsLargerThanTheSkillsMemoryLimit) {
   EXPECT_EQ(*slice, *same);
 }
 
+// A mapped input's instance is reset and kept for the next mapped call (window_pool):
+// it must keep nothing of the last one. The skill writes over its input, past it, at
+// the end of its memory and into a static; every call still sees a fresh state, and the
+// caller's buffers are unchanged. Both sizes share one window (64 pages), so the
+// instance of one call serves the next.
+TEST_P(SharedInputTest, APooledInputWindowKeepsNothingOfTheLastCall) {
+  ASSERT_TRUE(ext_->load_skill("scribble", std::string(AIRLOCK_TEST_WASM_DIR) + "/window_scribble.wasm",
+                               SkillLimits{16, 30'000})
+                  .ok());
+  auto a = ext_->allocate((3u << 20) + 100);
+  auto b = ext_->allocate((3u << 20) - 100);
+  ASSERT_TRUE(a.ok() && b.ok());
+  std::fill(a->data().begin(), a->data().end(), uint8_t{0x11});
+  std::fill(b->data().begin(), b->data().end(), uint8_t{0x22});
+  for (int round = 0; round < 3; ++round) {
+    for (auto [buf, byte] : {std::pair{&*a, '\x11'}, std::pair{&*b, '\x22'}}) {
+      auto r = ext_->call("scribble", *buf);
+      ASSERT_TRUE(r.ok()) << r.error().to_string();
+      EXPECT_EQ(*r, std::string({byte, '\0', '\1', '\0'})) << "round " << round;
+      EXPECT_EQ(buf->data().front(), static_cast<uint8_t>(byte));
+      EXPECT_EQ(buf->data().back(), static_cast<uint8_t>(byte));
+    }
+  }
+}
+
 TEST_P(SharedInputTest, SlicesAndRefusedSlices) {
   auto buf = ext_->allocate(1 << 20);
   ASSERT_TRUE(buf.ok());

@@ -74,15 +74,18 @@ struct PooledInstance {
 
   std::unique_ptr<engine::Instance> inst;
   MemoryShare share;  // its linear memory in RuntimeUsage
-  // A mapped input (such an instance is never pooled), in the pages grown for it.
+  // An instance of the skill's window variant: its memory has `window_bytes` grown for
+  // mapped inputs at `window_offset`; `window` is the input mapped there during a call
+  // (between calls those pages are zero again, and the instance waits in window_pool).
   InputWindow window;
-  uint64_t window_offset = 0;  // where in the memory those pages start
-  uint64_t window_bytes = 0;   // how many (>= the window's length)
-  uint8_t* window_base = nullptr;  // the memory's start when it was mapped
+  uint64_t window_offset = 0;      // where in the memory those pages start
+  uint64_t window_bytes = 0;       // how many (>= the window's length); 0: no window
+  uint8_t* window_base = nullptr;  // the memory's start when they were grown
 
-  // Re-reads the memory size into the share (after wasm ran: it may have grown). A
-  // mapped input is not the skill's memory: it does not count.
-  void account() { share.set(inst ? inst->memory().size() - (window.active() ? window_bytes : 0) : 0); }
+  // Re-reads the memory size into the share (after wasm ran: it may have grown). The
+  // window's pages are not the skill's memory: they do not count (mapped, they hold
+  // the caller's buffer; unmapped, they are untouched zero pages).
+  void account() { share.set(inst ? inst->memory().size() - window_bytes : 0); }
   void unmap_window() {
     if (!window.active()) return;
     // With the trap handler V8 grows memory in place; without it, a grow may move the
@@ -120,6 +123,11 @@ struct SkillRuntime::Skill {
   std::vector<uint8_t> bytes;
   std::shared_ptr<engine::Module> window_module;
   uint32_t window_module_pages = 0;
+  // Idle instances of that variant, reset (memory as after _initialize, window pages
+  // zero): the next mapped call skips instantiation, the memory growth and the GC that
+  // dropping them needs (~0.5 ms of a 0.6 ms call on 50 MiB).
+  std::vector<PooledInstance> window_pool;
+  std::shared_ptr<const std::vector<uint8_t>> window_snapshot;  // the variant's memory after _initialize
   std::string stdout_line, stderr_line;  // partial lines written by _initialize
   uint32_t init_log_lines = 0;           // lines logged by _initialize (same budget as a call)
 };

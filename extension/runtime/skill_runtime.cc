@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <fstream>
 #include <iterator>
 
@@ -14,6 +15,7 @@ namespace airlock::runtime {
 
 namespace {
 constexpr size_t kPoolMax = 16;  // warm instances kept per skill (a 9-deep recursion needs 9)
+constexpr size_t kWindowPoolMax = 2;  // ... of its window variant (each reserves the window's pages)
 const engine::FuncType kSkillFuncType{{engine::ValType::I32, engine::ValType::I32}, {engine::ValType::I32}};
 
 Error skill_error(const std::string& skill, Code code, const std::string& msg, TrapKind trap = TrapKind::None) {
@@ -52,6 +54,7 @@ bool SkillRuntime::within_memory_limit() {
   // Idle pooled instances go first: they are only a cache.
   for (auto& [n, s] : skills_) {
     while (!s->pool.empty() && usage_->memory_bytes > limits_.max_memory_bytes) s->pool.pop_back();
+    while (!s->window_pool.empty() && usage_->memory_bytes > limits_.max_memory_bytes) s->window_pool.pop_back();
   }
   if (usage_->memory_bytes > limits_.max_memory_bytes) return false;
   return true;
@@ -362,23 +365,27 @@ void SkillRuntime::start(Call& c) {
   run(c);
 }
 
-// A large shared input, mapped instead of copied (input_window.h): a fresh instance of
-// the skill's variant whose memory maximum has room for the window on top of the skill's
-// own limit; the memory grows by the window's pages, and the memfd's pages go over them.
-// The skill gets (ptr, len) as always. O(1) in the input's size: no copy, no fault.
+// A large shared input, mapped instead of copied (input_window.h): an instance of the
+// skill's variant whose memory maximum has room for the window on top of the skill's
+// own limit; its memory grows by the window's pages (once: a reset instance keeps them,
+// zero, in window_pool), and the memfd's pages go over them. The skill gets (ptr, len)
+// as always. O(1) in the input's size: no copy, no fault.
 void SkillRuntime::start_mapped(Call& c) {
   Skill& s = *c.skill;
   constexpr uint64_t kOsPage = 4096, kWasmPage = 65536;
   const InputView& v = c.input_view;
   const uint64_t lead = v.file_offset % kOsPage;  // mmap maps whole OS pages
   const uint64_t span = lead + v.bytes.size();
-  const uint64_t pages = (span + kWasmPage - 1) / kWasmPage;
-  if (v.bytes.size() > 0x7fffffffu || s.max_pages + pages > 65536) {
+  const uint64_t need = (span + kWasmPage - 1) / kWasmPage;
+  if (v.bytes.size() > 0x7fffffffu || s.max_pages + need > 65536) {
     return finish(c, skill_error(s.name, Code::ResourceExhausted,
                                  "a shared input of " + std::to_string(v.bytes.size() >> 20) +
                                      " MiB does not fit in a 4 GiB wasm32 memory beside the skill's limit of " +
                                      std::to_string(s.limits.max_memory_mb) + " MiB"));
   }
+  // Windows come in powers of two of pages (one variant, one pool, for inputs of 33 to
+  // 64 MiB, say), unless that would not fit: the pages past the input stay zero.
+  const uint64_t pages = std::min<uint64_t>(std::bit_ceil(need), 65536 - s.max_pages);
   if (!s.window_module || s.window_module_pages != pages) {
     auto bytes = limit_memory(s.bytes, s.max_pages, static_cast<uint32_t>(pages));
     if (!bytes.ok()) return finish(c, skill_error(s.name, bytes.error().code, bytes.error().message));
@@ -386,31 +393,48 @@ void SkillRuntime::start_mapped(Call& c) {
     if (!m.ok()) return finish(c, skill_error(s.name, Code::Internal, "input window variant: " + m.error().message));
     s.window_module = std::move(m.value());
     s.window_module_pages = static_cast<uint32_t>(pages);
+    s.window_pool.clear();
+    s.window_snapshot.reset();
   }
-  auto fresh = new_instance(s, *s.window_module);
-  if (!fresh.ok()) return finish(c, fresh.take_error());
-  c.inst = std::move(fresh.value());
+  if (!s.window_pool.empty()) {
+    c.inst = std::move(s.window_pool.back());
+    s.window_pool.pop_back();
+  } else {
+    auto fresh = new_instance(s, *s.window_module);
+    if (!fresh.ok()) return finish(c, fresh.take_error());
+    c.inst = std::move(fresh.value());
+    if (s.limits.fresh == FreshState::Reset && !s.window_snapshot) {
+      auto mem = c.inst.inst->memory();
+      s.window_snapshot = std::make_shared<const std::vector<uint8_t>>(mem.begin(), mem.end());
+    }
+    auto before = c.inst.inst->grow_memory(static_cast<uint32_t>(pages));
+    if (!before.ok()) {
+      c.inst.drop();
+      return finish(c, skill_error(s.name, Code::ResourceExhausted, "input window: " + before.error().message));
+    }
+    c.inst.window_offset = uint64_t(before.value()) * kWasmPage;
+    c.inst.window_bytes = pages * kWasmPage;
+    c.inst.window_base = c.inst.inst->memory().data();
+  }
   c.inst.binding->call = &c;
-  auto before = c.inst.inst->grow_memory(static_cast<uint32_t>(pages));
-  if (!before.ok()) {
-    c.inst.drop();
-    return finish(c, skill_error(s.name, Code::ResourceExhausted, "input window: " + before.error().message));
-  }
-  const uint64_t at = uint64_t(before.value()) * kWasmPage;
+  const uint64_t at = c.inst.window_offset;
   auto mem = c.inst.inst->memory();
-  if (at + pages * kWasmPage > mem.size()) {
+  if (at + c.inst.window_bytes > mem.size() || mem.data() != c.inst.window_base) {
     c.inst.drop();
-    return finish(c, skill_error(s.name, Code::Internal, "input window: the memory did not grow"));
+    return finish(c, skill_error(s.name, Code::Internal, "input window: the memory did not grow in place"));
   }
-  auto w = InputWindow::map(mem.data() + at, v.fd, v.file_offset - lead, (span + kOsPage - 1) / kOsPage * kOsPage);
-  if (!w.ok()) {
-    c.inst.drop();
-    return finish(c, skill_error(s.name, w.error().code, w.error().message));
+  const uint64_t file_offset = v.file_offset - lead, length = (span + kOsPage - 1) / kOsPage * kOsPage;
+  if (c.inst.window.holds(v.keep, file_offset, length)) {
+    stats_.kept_inputs++;  // the last call's mapping of this range, unwritten: nothing to do
+  } else {
+    c.inst.unmap_window();  // a kept window of another buffer or range
+    auto w = InputWindow::map(mem.data() + at, v.fd, file_offset, length, c.inst.window_bytes, v.keep);
+    if (!w.ok()) {
+      c.inst.drop();
+      return finish(c, skill_error(s.name, w.error().code, w.error().message));
+    }
+    c.inst.window = std::move(w.value());
   }
-  c.inst.window = std::move(w.value());
-  c.inst.window_offset = at;
-  c.inst.window_bytes = pages * kWasmPage;
-  c.inst.window_base = mem.data();
   c.inst.account();
   if (!within_memory_limit()) {
     c.inst.drop();
@@ -419,8 +443,7 @@ void SkillRuntime::start_mapped(Call& c) {
   c.in_ptr = static_cast<int32_t>(at + lead);
   c.in_len = static_cast<int32_t>(v.bytes.size());
   stats_.mapped_inputs++;
-  c.input_view = {};  // the mapping holds the file now
-  run(c);
+  run(c);  // c.input_view stays until finish(): whether others hold the buffer decides if the window is kept
 }
 
 void SkillRuntime::run(Call& c) {
@@ -515,8 +538,26 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
   if (c.inst.inst && c.state != Call::State::Suspended) {
     c.inst.binding->call = nullptr;
     bool keep = false;
-    if (c.inst.window.active()) {
-      c.inst.drop();  // its memory holds another call's input: never pooled
+    if (c.inst.window_bytes) {
+      // The rest of the memory is reset as below, if it did not grow; the input stays
+      // mapped for a next call on the same range if the skill wrote none of it and
+      // someone else still holds the buffer (input_window.h), or goes (its pages zero
+      // again, private copies of any the skill wrote included).
+      auto mem = c.inst.inst->memory();
+      const auto& snap = s.window_snapshot;
+      const bool reusable = s.limits.fresh == FreshState::Reset && r.ok() && snap && snap->size() == c.inst.window_offset &&
+                            mem.data() == c.inst.window_base &&
+                            mem.size() == c.inst.window_offset + c.inst.window_bytes && s.window_pool.size() < kWindowPoolMax;
+      if (!reusable || c.input_view.keep.use_count() <= 1 || !c.inst.window.settle()) c.inst.unmap_window();
+      c.input_view = {};
+      if (reusable) {
+        std::memcpy(mem.data(), snap->data(), snap->size());
+        stats_.resets++;
+        c.inst.account();
+        s.window_pool.push_back(std::move(c.inst));
+      } else {
+        c.inst.drop();
+      }
     } else if (s.limits.fresh == FreshState::Reuse) {
       keep = true;
     } else if (s.limits.fresh == FreshState::Reset && r.ok()) {
@@ -533,7 +574,7 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
       c.inst.account();
       s.pool.push_back(std::move(c.inst));
     }
-    if (c.inst.inst && c.inst.inst->memory().size() >= kReclaimBytes) c.inst.drop();
+    if (c.inst.inst && c.inst.inst->memory().size() - c.inst.window_bytes >= kReclaimBytes) c.inst.drop();
   }
   // Large memories were dropped (a grown instance, a trap, a timeout, an eviction):
   // without a GC they stay resident until V8 gets round to it. Past 16 MiB at any time;
@@ -548,6 +589,12 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
   CallDone done = std::move(c.done);
   auto keep_alive = calls_.extract(c.id);  // c is destroyed at the end of this scope
   done(std::move(r));
+}
+
+void SkillRuntime::release_orphaned_inputs() {
+  for (auto& [n, s] : skills_) {
+    for (auto& p : s->window_pool) p.window.release_if_orphaned();
+  }
 }
 
 void SkillRuntime::cancel(uint64_t call_id) {

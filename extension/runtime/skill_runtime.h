@@ -94,6 +94,7 @@ struct RuntimeStats {
   uint64_t instantiations = 0;
   uint64_t resets = 0;
   uint64_t mapped_inputs = 0;  // shared inputs mapped into a skill's memory, not copied
+  uint64_t kept_inputs = 0;    // ... of those, found still mapped from the call before (input_window.h)
   size_t in_flight = 0;
   size_t suspended = 0;
   uint64_t memory_bytes = 0;  // linear memory of live instances (RuntimeLimits::max_memory_bytes)
@@ -123,6 +124,9 @@ class SkillRuntime {
   uint64_t call(std::string_view skill, InputView input, const CallOptions& opts, CallDone done);
   // Cancels a suspended call (its wait or host-service call is abandoned): Cancelled.
   void cancel(uint64_t call_id);
+  // Unmaps inputs kept mapped for a next call whose buffer nobody else holds any more
+  // (the host dropped it): call after the shared-buffer registry released some.
+  void release_orphaned_inputs();
   // Fails every in-flight call with `error` (shutdown).
   void cancel_all(const Error& error);
 

@@ -12,6 +12,7 @@
 #include <sys/random.h>
 
 #include <algorithm>
+#include <cstring>
 #include <ctime>
 
 #include "runtime/call_state.h"
@@ -224,10 +225,14 @@ std::vector<engine::HostFunction> wasi_imports() {
       return;
     }
     auto buf = guest_span(c.instance(), a[0].i32, a[1].i32);
+    // Through a buffer of ours: the kernel writing into a read-only mapped input would
+    // fail with EFAULT where a write from here makes it the skill's copy (input_window.h).
     size_t done = 0;
+    uint8_t chunk[256];
     while (done < buf.size()) {
-      ssize_t n = getrandom(buf.data() + done, buf.size() - done, 0);
+      ssize_t n = getrandom(chunk, std::min(sizeof chunk, buf.size() - done), 0);
       if (n <= 0) break;
+      std::memcpy(buf.data() + done, chunk, static_cast<size_t>(n));
       done += static_cast<size_t>(n);
     }
     r[0] = Value::from_i32(done == buf.size() ? kSuccess : kEinval);

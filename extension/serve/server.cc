@@ -139,7 +139,9 @@ class Server {
   // that name them; a broken side channel only disables shared memory.
   Status pump_side() {
     if (!side_.valid()) return make_error(Code::Unavailable, "no shared-memory side channel");
-    return shm_.pump(side_, [this](uint64_t id) { out_leases_.erase(id); });
+    Status st = shm_.pump(side_, [this](uint64_t id) { out_leases_.erase(id); });
+    runtime_->release_orphaned_inputs();  // a dropped buffer must not stay mapped in an idle instance
+    return st;
   }
   void stop_side() {
     out_leases_.clear();

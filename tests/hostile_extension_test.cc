@@ -584,4 +584,38 @@ TEST(RealZygoteTest, KillNineBetweenSpawns) {
   }
 }
 
+// A Host's destructor returns only when every process it started is gone and reaped:
+// its extensions and its zygote. (The zygote's pidfd is non-blocking, libuv's poll made
+// it so; waitid on it returned EAGAIN at once and the zygote was left running down,
+// then a zombie, once per Host.)
+TEST(RealZygoteTest, DestroyingTheHostReapsEveryProcessItStarted) {
+  auto children = [] {
+    std::vector<int> pids;
+    for (auto& t : std::filesystem::directory_iterator("/proc/self/task")) {
+      std::ifstream f(t.path() / "children");
+      for (int pid; f >> pid;) pids.push_back(pid);
+    }
+    return pids;
+  };
+  ASSERT_TRUE(children().empty());
+  for (int round = 0; round < 3; ++round) {
+    {
+      HostOptions o;
+      o.extension_binary = AIRLOCK_EXTENSION_BIN;
+      o.log_level = "warn";
+      Host h(o);
+      for (const char* n : {"a", "b"}) {
+        ExtensionOptions eo;
+        eo.name = n;
+        auto e = h.spawn(eo);
+        ASSERT_TRUE(e.ok()) << e.error().to_string();
+        ASSERT_TRUE(e->load_skill("echo", skill("echo")).ok());
+        EXPECT_EQ(*e->call("echo", n), n);
+      }
+      EXPECT_EQ(children().size(), 3u) << "two extensions and the zygote";
+    }
+    EXPECT_EQ(children(), std::vector<int>{}) << "round " << round;
+  }
+}
+
 }  // namespace

@@ -1,6 +1,7 @@
 #include "process.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -228,8 +229,17 @@ void kill_and_reap(ChildProcess& child) {
   if (child.pidfd >= 0) {
     signal_child(child.pidfd, SIGKILL);
     siginfo_t info{};
-    while (waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(child.pidfd), &info, WEXITED) != 0 &&
-           errno == EINTR) {
+    // The pidfd may be non-blocking (libuv's poll handle made it so): waitid then says
+    // EAGAIN until the process is gone, instead of waiting; wait for that with poll. (Not
+    // waiting left the zygote of every destroyed Host running down unreaped:
+    // memory_bench's "processes left after teardown".)
+    while (waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(child.pidfd), &info, WEXITED) != 0) {
+      if (errno == EAGAIN) {
+        pollfd p{child.pidfd, POLLIN, 0};
+        (void)poll(&p, 1, -1);
+      } else if (errno != EINTR) {
+        break;
+      }
     }
     close(child.pidfd);
   }

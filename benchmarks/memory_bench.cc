@@ -273,7 +273,12 @@ LargeRow measure_large(const Config& cfg, const std::string& mode, int n) {
   const bool shared = mode == "shared";
   const size_t size = size_t{cfg.large_mb} << 20;
   HostOptions ho = host_options(cfg);
-  if (!shared) ho.max_frame_bytes = static_cast<uint32_t>(size + (1u << 20));  // shared: the default 64 MiB, unused
+  if (!shared) {
+    // Copied: the bytes inline in the frame, copied into the skill. (Left on, the host
+    // would move a large inline input into shared memory, and the extension map it.)
+    ho.max_frame_bytes = static_cast<uint32_t>(size + (1u << 20));  // shared: the default 64 MiB, unused
+    ho.auto_share_min_bytes = 0;
+  }
   SkillLimits lim{cfg.large_mb + 64, 120'000};
   Fleet f(cfg, ho, n, "sum", lim);
   auto t0 = Clock::now();
@@ -586,11 +591,13 @@ int main(int argc, char** argv) {
                   "%s; peak RSS less the mapping %.1f MB\n",
                   head.c_str(), r.during_uss_max_mb, verdict(r.during_uss_max_mb <= 8), r.call_peak_max_mb);
     } else {
-      double e = r.ext_mb / cfg.large_mb;
-      std::printf("  %s: the extensions hold %.2f× its size (expected ≈ N× = %d×: %s), %.2f× with the host's own copy; "
-                  "after one more small call %.2f×\n",
-                  head.c_str(), e, r.n, std::abs(e - r.n) <= 0.1 * r.n ? "as expected" : "NOT as expected", r.total_mb / cfg.large_mb,
-                  r.next_call_mb / cfg.large_mb);
+      // The baseline: during a call the frame, the decoded input and the skill's copy
+      // (3× the buffer, 768 MB for 256); after it the runtime drops the grown instance and
+      // asks V8 for a GC, so at rest the copies are mostly gone again.
+      std::printf("  %s: during a call, the calling extension's private memory grew at most %.1f MB (%.2f× the buffer; "
+                  "peak RSS %.1f MB); at rest the extensions hold %.2f× it, %.2f× with the host's own copy\n",
+                  head.c_str(), r.during_uss_max_mb, r.during_uss_max_mb / cfg.large_mb, r.call_peak_max_mb,
+                  r.ext_mb / cfg.large_mb, r.total_mb / cfg.large_mb);
     }
   }
   std::printf("\nSummary: %zu successful, %zu failed, %zu skipped (Total: %zu)\n", n_ok, n_failed, n_skipped, n_ok + n_failed + n_skipped);

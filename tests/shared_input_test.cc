@@ -102,6 +102,24 @@ TEST_P(SharedInputTest, AMappedInputIsLargerThanTheSkillsMemoryLimit) {
   EXPECT_EQ(*slice, *same);
 }
 
+// wasm32 has 4 GiB of address space: a skill limited to 64 MiB sums a 1 GiB input, twice
+// (the second call finds the window still mapped).
+TEST_P(SharedInputTest, AOneGiBInputIsSummedByASixtyFourMiBSkill) {
+  ASSERT_TRUE(ext_->load_skill("sum64", skill("sum"), SkillLimits{64, 60'000}).ok());
+  const size_t n = size_t{1} << 30;
+  auto buf = ext_->allocate(n);
+  ASSERT_TRUE(buf.ok()) << buf.error().to_string();
+  auto d = buf->data();
+  uint64_t expect = 0;
+  for (size_t i = 0; i < n; i += n / 64 + 4093) d[i] = static_cast<uint8_t>(i >> 20), expect += d[i];
+  d[n - 1] = 0xFF, expect += 0xFF;
+  for (int round = 0; round < 2; ++round) {
+    auto r = ext_->call("sum64", *buf, {.func = "run", .timeout = std::chrono::milliseconds(60'000)});
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    EXPECT_EQ(le64(*r), expect) << "round " << round;
+  }
+}
+
 // A mapped input's instance is reset and kept for the next mapped call (window_pool):
 // it must keep nothing of the last one. The skill writes over its input, past it, at
 // the end of its memory and into a static; every call still sees a fresh state, and the

@@ -537,8 +537,9 @@ int main(int argc, char** argv) {
       d.print();
       std::printf(
           "Private peak/Ext: the calling extension's peak RSS growth minus its mapping of the buffer (VmHWM, exact),\n"
-          "mean (Max: the highest) over extensions: in both modes the skill gets the input copied into its linear\n"
-          "memory for the call. Sampled: the highest USS / PSS growth seen reading smaps_rollup every 20 ms (which\n"
+          "mean (Max: the highest) over extensions. Shared: the input is mapped into the skill's memory (no copy);\n"
+          "copied: the frame, the decoded input and the skill's copy. Sampled: the highest USS / PSS growth seen\n"
+          "reading smaps_rollup every 20 ms (which\n"
           "slows the call by ~30%%). Host peak: this process's peak RSS growth over the row (its data + sending).\n");
     }
     std::printf("\nMemory Sharing Analysis:\n");

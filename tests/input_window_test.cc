@@ -146,3 +146,18 @@ TEST_F(InputWindowFixture, TrapsStillWorkAfterAWindowWasWatched) {
   EXPECT_EQ(call_view("look", a), expect(0x77, 0x77));
   EXPECT_EQ(rt_->stats().kept_inputs, 1u);
 }
+
+// Growing the memory (by 0 pages or 1) before writing into the input: whatever V8 does
+// to the memory's protection when it grows, the write is seen, and the next call gets
+// the buffer as it is.
+TEST_F(InputWindowFixture, AWriteAfterGrowingTheMemoryIsStillSeen) {
+  ASSERT_TRUE(rt_->load_file("scribble", test_wasm_path("window_scribble"), runtime::SkillLimits{16, 30'000}).ok());
+  Buffer a(3u << 20, "window-grow");
+  a.fill(0x12);
+  for (const char* grow : {"grow0", "grow1", "grow0"}) {
+    EXPECT_EQ(call_view("look", a), expect(0x12, 0x12)) << grow;
+    EXPECT_EQ(call_view(grow, a), (std::string{char(0xCC), '\0', '\1', '\0'})) << grow;
+    EXPECT_EQ(a.ro[0], 0x12) << grow;
+    EXPECT_EQ(call_view("look", a), expect(0x12, 0x12)) << "after " << grow;
+  }
+}

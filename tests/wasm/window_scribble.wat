@@ -12,6 +12,9 @@
 ;; `fill` writes into its input from outside wasm code: memory.fill (V8's C++) over its
 ;; first 16 bytes and WASI random_get (an import) over the next 16, then outputs
 ;; [first input byte, 0, count, 0]; the writes must work and the next call not see them.
+;; `grow0` and `grow1` first grow the memory by 0 and by 1 page (V8 may set the whole
+;; memory read-write when it grows: the window must not lose its watch unseen), then
+;; write 0xCC over the first input byte, and output [first input byte, 0, count, 0].
 (module
   (import "airlock" "output" (func $output (param i32 i32)))
   (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
@@ -63,4 +66,19 @@
     (i32.store8 offset=19 (i32.const 0) (i32.const 0))
     (call $output (i32.const 16) (i32.const 4))
     (i32.store8 offset=8 (i32.const 0) (i32.load8_u offset=18 (i32.const 0)))
+    (i32.const 0))
+  (func $grow_write (param $ptr i32) (param $pages i32)
+    (drop (memory.grow (local.get $pages)))
+    (i32.store8 (local.get $ptr) (i32.const 0xCC))
+    (i32.store8 offset=16 (i32.const 0) (i32.load8_u (local.get $ptr)))
+    (i32.store8 offset=17 (i32.const 0) (i32.const 0))
+    (i32.store8 offset=18 (i32.const 0) (i32.add (i32.load8_u offset=8 (i32.const 0)) (i32.const 1)))
+    (i32.store8 offset=19 (i32.const 0) (i32.const 0))
+    (call $output (i32.const 16) (i32.const 4))
+    (i32.store8 offset=8 (i32.const 0) (i32.load8_u offset=18 (i32.const 0))))
+  (func (export "grow0") (param $ptr i32) (param $len i32) (result i32)
+    (call $grow_write (local.get $ptr) (i32.const 0))
+    (i32.const 0))
+  (func (export "grow1") (param $ptr i32) (param $len i32) (result i32)
+    (call $grow_write (local.get $ptr) (i32.const 1))
     (i32.const 0)))

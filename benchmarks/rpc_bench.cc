@@ -95,6 +95,12 @@ const TestData& test_data(const std::string& which) {
     p = {"peek", b, std::string{b.front(), b.back()}};
   } else if (which == "sum_50mb_resident") {  // sum_resident keeps a copy of the first input, then sums it
     p = {"sum_resident", "", test_data("large_bytes_50mb").expect};
+  } else if (which == "output_8mb_copied" || which == "output_8mb_in_place") {
+    // make_bytes writes 8 MiB: into malloc'd memory passed to airlock_output (copied), or
+    // straight into airlock_output_buffer (shared memory: no copy in the extension).
+    std::string s(8 * kMiB, '\0');
+    for (size_t i = 0; i < s.size(); ++i) s[i] = static_cast<char>(static_cast<uint8_t>(i * 131u + 7u));
+    p = {"make_bytes", std::to_string(s.size()) + (which == "output_8mb_copied" ? ",copy" : ""), std::move(s)};
   } else if (which == "chain_host_ext_host") {  // caller -> host service "host.echo"
     p = {"caller", "host.echo|" + int8, int8};
   } else if (which == "chain_host_ext_host_ext") {  // caller -> host -> echo (another extension)
@@ -219,7 +225,7 @@ Prepared prepare_memcpy(size_t bytes) {
           "", ""};
 }
 
-const char* const kSkills[] = {"echo", "sum", "peek", "caller", "countdown"};
+const char* const kSkills[] = {"echo", "sum", "peek", "make_bytes", "caller", "countdown"};
 
 // Untimed warm-up of a fresh context (runtime or extension), so that every test sees
 // steady-state code: V8 first runs wasm with its baseline compiler (Liftoff) and tiers
@@ -513,6 +519,11 @@ std::vector<TestDef> make_tests(Contexts& cx, const std::vector<std::string>& tr
       if (k == "small_int") {
         t.push_back({"small_int_unsandboxed", tr, cat, base, [&cx, tr] { return prepare_unsandboxed(cx, tr); }});
       }
+      if (k == "large_array_8mb") {  // a large output, copied vs written in place (Notes: in place ÷ copied)
+        for (const char* o : {"output_8mb_copied", "output_8mb_in_place"}) {
+          t.push_back({std::string("large_") + o, tr, cat, "", [&cx, tr, o] { return prepare_call(cx, tr, o); }});
+        }
+      }
     }
   }
   return t;
@@ -573,6 +584,7 @@ std::string note_of(const TestDef& d) {
   if (d.transport == "local" || d.transport == "raw") return "";
   if (d.name == "small_int") return "raw_socketpair";
   if (d.category == "chain" || d.name == "large_bytes_50mb_shm_peek") return "small_int";
+  if (d.name == "large_output_8mb_in_place") return "large_output_8mb_copied";
   return "";
 }
 

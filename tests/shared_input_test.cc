@@ -218,6 +218,32 @@ TEST_P(SharedInputTest, OneHostWideBufferForSeveralExtensions) {
   }
 }
 
+// An output the skill writes in place (airlock_output_buffer: output_buffer.h) reaches
+// the caller as it was written; each is a memfd of its own, sealed by the extension,
+// which the host maps, copies, gives back, and is told to drop: none piles up.
+TEST_P(SharedInputTest, OutputsWrittenInPlaceArriveWhole) {
+  ASSERT_TRUE(ext_->load_skill("make_bytes", skill("make_bytes")).ok());
+  auto pattern = [](size_t n) {
+    std::string s(n, '\0');
+    for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(static_cast<uint8_t>(i * 131u + 7u));
+    return s;
+  };
+  std::optional<size_t> warm;
+  for (int round = 0; round < 40; ++round) {
+    for (size_t n : {size_t{10}, size_t{100'000}, (size_t{3} << 20) + 5}) {
+      auto r = ext_->call("make_bytes", std::to_string(n));
+      ASSERT_TRUE(r.ok()) << r.error().to_string();
+      ASSERT_EQ(r->size(), n);
+      ASSERT_TRUE(*r == pattern(n)) << "size " << n << " round " << round;
+    }
+    if (round == 0) warm = memfds();
+  }
+  EXPECT_LE(memfds(), *warm + 2) << "written outputs are dropped once given back";
+  auto copied = ext_->call("make_bytes", "2000000,copy");
+  ASSERT_TRUE(copied.ok()) << copied.error().to_string();
+  EXPECT_TRUE(*copied == pattern(2'000'000));
+}
+
 TEST_P(SharedInputTest, LargeOutputsComeBackThroughSharedMemory) {
   // echo's output is as large as its input: above 64 KiB it returns in a pooled buffer of
   // the extension's, which the host copies out and gives back before it is reused.

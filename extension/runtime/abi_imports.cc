@@ -36,6 +36,11 @@ struct AbiImports {
     return *b.call;
   }
 
+  static void output_buffer(Caller& caller, std::span<const Value> a, std::span<Value> r) {
+    auto& c = call_of(caller, "output_buffer");
+    r[0] = Value::from_i32(binding_of(caller).rt->open_output_buffer(c, static_cast<uint32_t>(a[0].i32)));
+  }
+
   // Second entry of a suspending import: finish the rewind, hand back the result.
   static bool finish_rewind(Caller& caller, SkillRuntime::Call& c, std::span<Value> results) {
     if (c.state != SkillRuntime::Call::State::Rewinding) return false;
@@ -146,7 +151,9 @@ std::vector<engine::HostFunction> abi_imports() {
   add("output", {{VT::I32, VT::I32}, {}}, [](Caller& caller, std::span<const Value> a, std::span<Value>) {
     auto& c = AbiImports::call_of(caller, "output");
     c.output.assign(guest_string(caller.instance(), a[0].i32, a[1].i32));
+    c.inst.unmap_output();  // this output replaces one in an output buffer
   });
+  add("output_buffer", {{VT::I32}, {VT::I32}}, &AbiImports::output_buffer);
   add("error", {{VT::I32, VT::I32}, {}}, [](Caller& caller, std::span<const Value> a, std::span<Value>) {
     auto& c = AbiImports::call_of(caller, "error");
     c.error_msg = std::string(guest_string(caller.instance(), a[0].i32, a[1].i32).substr(0, kMaxErrorBytes));

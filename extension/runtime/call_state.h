@@ -8,6 +8,7 @@
 
 #include "airlock/loop_timer.h"
 #include "runtime/input_window.h"
+#include "runtime/output_buffer.h"
 #include "runtime/skill_runtime.h"
 #include "runtime/wasm_info.h"
 
@@ -70,7 +71,10 @@ struct PooledInstance {
   PooledInstance() = default;
   PooledInstance(PooledInstance&&) = default;
   PooledInstance& operator=(PooledInstance&&) = default;
-  ~PooledInstance() { unmap_window(); }
+  ~PooledInstance() {
+    unmap_window();
+    unmap_output();
+  }
 
   std::unique_ptr<engine::Instance> inst;
   MemoryShare share;  // its linear memory in RuntimeUsage
@@ -78,6 +82,11 @@ struct PooledInstance {
   // mapped inputs at `window_offset`; `window` is the input mapped there during a call
   // (between calls those pages are zero again, and the instance waits in window_pool).
   InputWindow window;
+  // A shared output the skill is writing (airlock.output_buffer) at `output_offset`, in
+  // pages grown for it; `output_base`: the memory's start when they were.
+  OutputBuffer output;
+  uint64_t output_offset = 0;
+  uint8_t* output_base = nullptr;
   uint64_t window_offset = 0;      // where in the memory those pages start
   uint64_t window_bytes = 0;       // how many (>= the window's length); 0: no window
   uint8_t* window_base = nullptr;  // the memory's start when they were grown
@@ -96,8 +105,17 @@ struct PooledInstance {
       window.forget();
     }
   }
+  void unmap_output() {
+    if (!output.active()) return;
+    if (inst && inst->memory().data() == output_base) {
+      output.release();
+    } else {
+      output.forget();
+    }
+  }
   void drop() {  // a trapped, terminated or grown instance: never reused
     unmap_window();
+    unmap_output();
     inst.reset();
     share.reset();
   }
@@ -151,6 +169,7 @@ struct SkillRuntime::Call {
   State state = State::Running;
   int32_t resume_value = 0;      // what the suspending import returns after rewind
   std::string output;
+  std::shared_ptr<WrittenOutput> written_output;  // CallOptions::written_output
   std::optional<std::string> error_msg;
   std::string reply;             // last airlock.call reply (or its error message)
   uint64_t wait_token = 0;       // identifies the pending wait/service reply

@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -310,6 +312,7 @@ uint64_t SkillRuntime::start_call(std::string_view skill_name, std::string input
   c->func = opts.func;
   c->input = std::move(input);
   c->input_view = std::move(view);
+  c->written_output = opts.written_output;
   c->done = std::move(done);
   c->timeout_ms = skill->limits.timeout_ms;
   if (opts.timeout_ms && opts.timeout_ms < c->timeout_ms) c->timeout_ms = opts.timeout_ms;
@@ -535,6 +538,13 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
     log(3, s.name, std::to_string(c.log_dropped) + " log lines dropped (more than " +
                        std::to_string(limits_.max_log_lines_per_call) + " in one call)");
   }
+  if (c.inst.output.active()) {
+    if (r.ok() && c.inst.inst && c.state != Call::State::Suspended) {
+      r = take_output_buffer(c);
+    } else {
+      c.inst.unmap_output();
+    }
+  }
   if (c.inst.inst && c.state != Call::State::Suspended) {
     c.inst.binding->call = nullptr;
     bool keep = false;
@@ -589,6 +599,66 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
   CallDone done = std::move(c.done);
   auto keep_alive = calls_.extract(c.id);  // c is destroyed at the end of this scope
   done(std::move(r));
+}
+
+int32_t SkillRuntime::open_output_buffer(Call& c, uint32_t len) {
+  constexpr uint64_t kWasmPage = 65536, kOsPage = 4096;
+  if (len == 0 || len > 0x7fff0000u || !c.inst.inst) return 0;
+  c.inst.unmap_output();  // a second buffer replaces the first
+  std::optional<OutputSlot> slot;
+  if (output_source_) {
+    auto got = output_source_->acquire(len);
+    if (got.ok() && got->data && got->size >= len && reinterpret_cast<uintptr_t>(got->data) % kOsPage == 0 &&
+        got->size % kOsPage == 0) {
+      slot = got.value();
+    } else if (got.ok()) {
+      output_source_->release(got->token);
+    }
+  }
+  const uint64_t bytes = slot ? slot->size : len;
+  const uint32_t pages = static_cast<uint32_t>((bytes + kWasmPage - 1) / kWasmPage);
+  auto give_back = [&] {
+    if (slot) output_source_->release(slot->token);
+    return 0;
+  };
+  auto before = c.inst.inst->grow_memory(pages);
+  if (!before.ok()) return give_back();  // past the skill's memory limit: the skill sees 0, as from malloc
+  c.inst.account();
+  if (!within_memory_limit()) return give_back();
+  auto mem = c.inst.inst->memory();
+  const uint64_t at = uint64_t{before.value()} * kWasmPage;
+  if (at + uint64_t{pages} * kWasmPage > mem.size()) return give_back();
+  if (slot) {
+    auto b = OutputBuffer::map(mem.data() + at, *slot, len, output_source_);
+    if (!b.ok()) return give_back();
+    c.inst.output = std::move(b.value());
+  } else {
+    c.inst.output = OutputBuffer::plain(mem.data() + at, len);
+  }
+  c.inst.output_offset = at;
+  c.inst.output_base = mem.data();
+  c.output.clear();
+  return static_cast<int32_t>(at);
+}
+
+// The call returned with its output in an output buffer: named to the caller, who sends
+// the slot itself (the server), or copied once into the result.
+Result<std::string> SkillRuntime::take_output_buffer(Call& c) {
+  PooledInstance& p = c.inst;
+  const size_t len = p.output.length();
+  auto mem = p.inst->memory();
+  stats_.written_outputs++;
+  if (mem.data() != p.output_base) {
+    // V8 moved the memory (a grow without the trap handler's reservation): the bytes
+    // the skill wrote since are in the moved copy.
+    p.output.forget();
+    if (p.output_offset + len > mem.size()) return skill_error(c.skill->name, Code::Internal, "output buffer lost");
+    return std::string(reinterpret_cast<const char*>(mem.data() + p.output_offset), len);
+  }
+  std::string copy;
+  WrittenOutput w = p.output.take(c.written_output != nullptr, &copy);
+  if (w.token) *c.written_output = w;
+  return copy;
 }
 
 void SkillRuntime::release_orphaned_inputs() {

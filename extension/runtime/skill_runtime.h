@@ -22,6 +22,7 @@
 
 #include "airlock/status.h"
 #include "engine/engine.h"
+#include "runtime/output_buffer.h"
 
 namespace airlock::runtime {
 
@@ -60,6 +61,10 @@ struct CallOptions {
   std::string func = "run";
   uint32_t timeout_ms = 0;  // 0: the skill's limit; otherwise min(this, the skill's limit)
   uint64_t parent_id = 0;   // the request this call belongs to (call chains)
+  // Where an output the skill wrote into a slot of the runtime's OutputSource
+  // (airlock.output_buffer) is named, instead of copied into the result string (which
+  // is then empty); null: it is copied.
+  std::shared_ptr<WrittenOutput> written_output = nullptr;
 };
 
 // Who is calling a host service: passed to the service handler.
@@ -95,6 +100,7 @@ struct RuntimeStats {
   uint64_t resets = 0;
   uint64_t mapped_inputs = 0;  // shared inputs mapped into a skill's memory, not copied
   uint64_t kept_inputs = 0;    // ... of those, found still mapped from the call before (input_window.h)
+  uint64_t written_outputs = 0;  // outputs a skill wrote into airlock.output_buffer (output_buffer.h)
   size_t in_flight = 0;
   size_t suspended = 0;
   uint64_t memory_bytes = 0;  // linear memory of live instances (RuntimeLimits::max_memory_bytes)
@@ -132,6 +138,8 @@ class SkillRuntime {
 
   void set_service_handler(ServiceHandler h) { service_handler_ = std::move(h); }
   void set_log_sink(LogSink s) { log_sink_ = std::move(s); }
+  // Shared memory for airlock.output_buffer (output_buffer.h); none: plain memory, copied.
+  void set_output_source(OutputSource* s) { output_source_ = s; }
   RuntimeStats stats() const;
   const RuntimeLimits& limits() const { return limits_; }
   void log(int level, std::string_view skill, std::string_view line);
@@ -142,6 +150,10 @@ class SkillRuntime {
 
  private:
   friend struct AbiImports;  // the suspending imports drive suspend()/resume()
+  // airlock.output_buffer: the address of `len` bytes of shared memory in the skill's
+  // memory that become the call's output (output_buffer.h), or 0 if refused.
+  int32_t open_output_buffer(Call& c, uint32_t len);
+  Result<std::string> take_output_buffer(Call& c);
   void start(Call& c);
   void start_mapped(Call& c);  // a large shared input, mapped (input_window.h)
   void run(Call& c);
@@ -168,6 +180,7 @@ class SkillRuntime {
   uint64_t next_call_id_ = 1;
   ServiceHandler service_handler_;
   LogSink log_sink_;
+  OutputSource* output_source_ = nullptr;
   RuntimeStats stats_;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // service replies check it after we are gone
 };

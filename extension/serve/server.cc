@@ -49,6 +49,7 @@ class Server {
     runtime::RuntimeLimits limits;
     limits.max_memory_bytes = uint64_t(o.max_total_memory_mb) << 20;
     runtime_ = std::make_unique<runtime::SkillRuntime>(&loop_, engine::EngineConfig{}, limits);
+    if (o.side_fd >= 0) runtime_->set_output_source(&out_slots_);
     channel_ = proto::make_channel(o.encoding, proto::Role::Extension, &loop_, o.fd, o.max_frame_bytes);
     if (o.side_fd >= 0) {
       side_ = shm::FdChannel(shm::UniqueFd(o.side_fd));
@@ -63,8 +64,8 @@ class Server {
   }
 
   ~Server() {
+    runtime_.reset();  // first: its calls give their output slots back (out_slots_)
     stop_side();
-    runtime_.reset();
     channel_.reset();
     uv_run(&loop_, UV_RUN_DEFAULT);
     uv_loop_close(&loop_);
@@ -110,11 +111,7 @@ class Server {
   // copies it out and gives the buffer back (kReturn) before we write it again.
   bool share_output(const std::string& out, proto::Response& resp) {
     if (!side_.valid() || out.size() < opts_.shm_output_min_bytes) return false;
-    if (!out_exporter_) {
-      out_exporter_ = std::make_unique<shm::Exporter>(side_);
-      out_pool_ = std::make_unique<shm::Pool>();
-      out_pool_->set_on_free([this](uint64_t id) { (void)out_exporter_->drop(id); });
-    }
+    ensure_out_pool();
     auto lease = out_pool_->acquire(out.size());
     if (!lease.ok()) return false;
     std::memcpy(lease->writable().data(), out.data(), out.size());
@@ -125,9 +122,68 @@ class Server {
     return true;
   }
 
-  void reply(uint64_t id, Result<std::string> r) {
+  void ensure_out_pool() {
+    if (out_exporter_) return;
+    out_exporter_ = std::make_unique<shm::Exporter>(side_);
+    out_pool_ = std::make_unique<shm::Pool>();
+    out_pool_->set_on_free([this](uint64_t id) { (void)out_exporter_->drop(id); });
+  }
+
+  // runtime::OutputSource: a pooled buffer for a skill to write its output into
+  // (runtime/output_buffer.h); the runtime moves its writable mapping into the skill's
+  // memory for the call and back after it.
+  class OutputSlots : public runtime::OutputSource {
+   public:
+    explicit OutputSlots(Server* s) : s_(s) {}
+    Result<runtime::OutputSlot> acquire(size_t len) override {
+      if (!s_->side_.valid()) return make_error(Code::Unavailable, "no side channel");
+      s_->ensure_out_pool();
+      auto lease = s_->out_pool_->acquire(len);
+      if (!lease.ok()) return lease.take_error();
+      auto w = lease->writable();
+      const uint64_t token = next_++;
+      runtime::OutputSlot slot{reinterpret_cast<uint8_t*>(w.data()), w.size(), token};
+      leases_.emplace(token, std::move(lease.value()));
+      return slot;
+    }
+    void release(uint64_t token) override { leases_.erase(token); }
+    std::optional<shm::Lease> take(uint64_t token) {
+      auto it = leases_.find(token);
+      if (it == leases_.end()) return std::nullopt;
+      shm::Lease l = std::move(it->second);
+      leases_.erase(it);
+      return l;
+    }
+
+   private:
+    Server* s_;
+    uint64_t next_ = 1;
+    std::unordered_map<uint64_t, shm::Lease> leases_;  // lent to a running call
+  };
+
+  // An output the skill wrote into a slot: the pooled buffer goes to the host as any
+  // large output does (share_output), without the copy.
+  bool send_written_output(const runtime::WrittenOutput& w, proto::Response& resp) {
+    auto lease = out_slots_.take(w.token);
+    if (!lease || !side_.valid() || w.length > lease->buffer().size()) return false;
+    auto ref = out_exporter_->share(lease->buffer(), 0, w.length);
+    if (!ref.ok()) return false;
+    resp.shm_refs.push_back(ref.value());
+    out_leases_[ref->buffer_id] = std::move(*lease);
+    return true;
+  }
+
+  void reply(uint64_t id, Result<std::string> r, const runtime::WrittenOutput* written = nullptr) {
     proto::Response resp = proto::make_response(id, std::move(r));
-    if (resp.code == Code::Ok && share_output(resp.payload, resp)) resp.payload.clear();
+    if (written && written->token && resp.code != Code::Ok) out_slots_.release(written->token);
+    if (resp.code == Code::Ok && written && written->token) {
+      if (!send_written_output(*written, resp)) {
+        resp = proto::make_response(id, make_error(Code::Internal, "extension '" + opts_.name +
+                                                                       "': cannot send the output buffer"));
+      }
+    } else if (resp.code == Code::Ok && share_output(resp.payload, resp)) {
+      resp.payload.clear();
+    }
     proto::send_response(*channel_, resp);
   }
 
@@ -144,7 +200,7 @@ class Server {
     return st;
   }
   void stop_side() {
-    out_leases_.clear();
+    out_leases_.clear();  // (slots lent to running calls come back when those end)
     if (out_pool_) out_pool_->set_on_free(nullptr);
     if (side_poll_) {
       uv_close(reinterpret_cast<uv_handle_t*>(side_poll_.release()), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
@@ -178,9 +234,10 @@ class Server {
     if (r.timeout_us) o.timeout_ms = static_cast<uint32_t>(std::max<uint64_t>(1, r.timeout_us / 1000));
     uint64_t host_id = r.id;
     in_flight_[host_id] = 0;
-    auto done = [this, host_id](Result<std::string> res) {
+    if (side_.valid()) o.written_output = std::make_shared<runtime::WrittenOutput>();
+    auto done = [this, host_id, written = o.written_output](Result<std::string> res) {
       in_flight_.erase(host_id);
-      reply(host_id, std::move(res));
+      reply(host_id, std::move(res), written.get());
       maybe_finish_drain();
     };
     uint64_t call_id = view ? runtime_->call(r.target, std::move(*view), o, std::move(done))
@@ -292,6 +349,7 @@ class Server {
   std::unique_ptr<shm::Exporter> out_exporter_;
   std::unique_ptr<shm::Pool> out_pool_;
   std::unordered_map<uint64_t, shm::Lease> out_leases_;  // shared, not yet given back
+  OutputSlots out_slots_{this};  // pooled buffers lent to calls writing their output in place
   bool draining_ = false;
   bool stopped_ = false;
   bool host_gone_ = false;

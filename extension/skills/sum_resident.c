@@ -18,7 +18,7 @@ AIRLOCK_SKILL(run) {
     kept = malloc(input_len);
     if (!kept) {
       kept_len = 0;
-      return airlock_fail_code(AIRLOCK_RESOURCE_EXHAUSTED, "cannot keep %zu bytes", input_len);
+      return airlock_fail_code(AIRLOCK_RESOURCE_EXHAUSTED, "cannot keep %zu bytes", (size_t)input_len);
     }
     memcpy(kept, input, input_len);
     kept_len = input_len;

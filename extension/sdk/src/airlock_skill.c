@@ -48,6 +48,12 @@ void airlock_output(const void* data, size_t len) {
 
 void airlock_output_str(const char* s) { airlock_output(s, s ? strlen(s) : 0); }
 
+void* airlock_output_buffer(size_t len) {
+  if (len == 0 || len > 0x7fff0000u) return NULL;
+  uint32_t at = airlock_host_output_buffer((uint32_t)len);
+  return at ? (void*)(uintptr_t)at : NULL;
+}
+
 /* Formats into `stack_buf` if it fits, else into a malloc'd buffer (*heap, to free).
  * Returns the text and its length; on failure, the format string itself. */
 static const char* format_message(char* stack_buf, size_t stack_size, char** heap,

@@ -75,6 +75,14 @@ void airlock_output(const void* data, size_t len);
 /* airlock_output() of a NUL-terminated string. */
 void airlock_output_str(const char* s);
 
+/* Returns `len` writable bytes that become the call's output when the skill returns:
+ * write a large output there and no copy of it is made on its way to the host (the
+ * bytes are shared memory: docs/SKILL_ABI.md "Large outputs"). The bytes are valid until
+ * the skill function returns; they count against the skill's memory limit. NULL if
+ * refused (len 0, or past the memory limit). A later airlock_output() or
+ * airlock_output_buffer() replaces this output. */
+void* airlock_output_buffer(size_t len);
+
 /* Formats an error message (printf-style), sets it as the call's error and returns
  * AIRLOCK_INTERNAL for the skill to return: `return airlock_fail("bad: %d", x);` */
 int airlock_fail(const char* fmt, ...) AIRLOCK_PRINTF(1, 2);
@@ -119,6 +127,7 @@ int airlock_call(const char* service, const void* in, size_t in_len, void** out,
 /* --- raw imports (module "airlock"), exactly as in docs/SKILL_ABI.md ------------------
  * Prefer the helpers above. Pointers and lengths are i32 on wasm32. */
 AIRLOCK_IMPORT("output") void airlock_host_output(const void* ptr, uint32_t len);
+AIRLOCK_IMPORT("output_buffer") uint32_t airlock_host_output_buffer(uint32_t len);
 AIRLOCK_IMPORT("error") void airlock_host_error(const void* ptr, uint32_t len);
 AIRLOCK_IMPORT("log") void airlock_host_log(int32_t level, const void* ptr, uint32_t len);
 AIRLOCK_IMPORT("wait") int32_t airlock_host_wait(uint32_t ms);

@@ -161,3 +161,61 @@ TEST_F(InputWindowFixture, AWriteAfterGrowingTheMemoryIsStillSeen) {
     EXPECT_EQ(call_view("look", a), expect(0x12, 0x12)) << "after " << grow;
   }
 }
+
+// A call parked on a mapped input while another call moves the skill to a larger window
+// class: when it ends, its instance (the old class's) must not join the new class's
+// pool, or the next large input would be handed a window too small for it.
+TEST_F(InputWindowFixture, AParkedCallsInstanceNeverJoinsAnotherWindowClassesPool) {
+  load("sleeper");
+  Buffer small(3u << 20, "window-class-small"), large(20u << 20, "window-class-large");
+  small.fill(1);
+  large.fill(2);
+  runtime::CallOptions o;
+  o.func = "sum_later";
+  auto sum_of = [](const std::optional<Result<std::string>>& r) {
+    uint64_t v = 0;
+    if (r && r->ok() && (*r)->size() == 8) std::memcpy(&v, (*r)->data(), 8);
+    return v;
+  };
+  std::optional<Result<std::string>> parked, next, last;
+  rt_->call("sleeper", small.view(), o, [&](Result<std::string> r) { parked.emplace(std::move(r)); });
+  ASSERT_FALSE(parked) << "it waits 50 ms";
+  rt_->call("sleeper", large.view(), o, [&](Result<std::string> r) { next.emplace(std::move(r)); });
+  while (!parked || !next) uv_run(&loop_, UV_RUN_ONCE);
+  EXPECT_EQ(sum_of(parked), uint64_t{3u << 20});
+  EXPECT_EQ(sum_of(next), uint64_t{2} * (20u << 20));
+  for (int i = 0; i < 3; ++i) {  // two at once: both pooled instances get used
+    last.reset(), next.reset();
+    rt_->call("sleeper", large.view(), o, [&](Result<std::string> r) { last.emplace(std::move(r)); });
+    rt_->call("sleeper", large.view(), o, [&](Result<std::string> r) { next.emplace(std::move(r)); });
+    while (!last || !next) uv_run(&loop_, UV_RUN_ONCE);
+    ASSERT_TRUE(last->ok()) << last->error().to_string();
+    ASSERT_TRUE(next->ok()) << next->error().to_string();
+    EXPECT_EQ(sum_of(last), uint64_t{2} * (20u << 20)) << "round " << i;
+    EXPECT_EQ(sum_of(next), uint64_t{2} * (20u << 20)) << "round " << i;
+  }
+}
+
+// The host drops a buffer while a parked call still holds it and another skill keeps
+// it mapped: the kept window goes as soon as the parked call lets go, not at some later
+// side-channel message.
+TEST_F(InputWindowFixture, AKeptWindowGoesWhenTheLastParkedCallOnItsBufferEnds) {
+  ASSERT_TRUE(rt_->load_file("scribble", test_wasm_path("window_scribble"), runtime::SkillLimits{16, 30'000}).ok());
+  load("sleeper");
+  Buffer a((2u << 20) - 100'000, "window-parked");
+  a.fill(0x21);
+  const int own = mappings_of("window-parked");
+  runtime::CallOptions later;
+  later.func = "sum_later";
+  std::optional<Result<std::string>> parked;
+  rt_->call("sleeper", a.view(), later, [&](Result<std::string> r) { parked.emplace(std::move(r)); });
+  EXPECT_EQ(call_view("look", a), expect(0x21, 0x21));
+  ASSERT_FALSE(parked);
+  EXPECT_EQ(mappings_of("window-parked"), own + 2) << "the parked call's window and the kept one";
+  a.keep.reset();  // the host dropped it
+  rt_->release_orphaned_inputs();
+  EXPECT_EQ(mappings_of("window-parked"), own + 2) << "the parked call still holds it";
+  while (!parked) uv_run(&loop_, UV_RUN_ONCE);
+  ASSERT_TRUE(parked->ok()) << parked->error().to_string();
+  EXPECT_EQ(mappings_of("window-parked"), own);
+}

@@ -90,6 +90,7 @@ struct PooledInstance {
   uint64_t window_offset = 0;      // where in the memory those pages start
   uint64_t window_bytes = 0;       // how many (>= the window's length); 0: no window
   uint8_t* window_base = nullptr;  // the memory's start when they were grown
+  const void* variant = nullptr;   // the window module it is an instance of (Skill::window_module)
 
   // Re-reads the memory size into the share (after wasm ran: it may have grown). The
   // window's pages are not the skill's memory: they do not count (mapped, they hold

@@ -22,6 +22,7 @@ struct Guard {
   std::atomic<uintptr_t> start{0}, end{0};
   std::atomic<bool> written{false};
 };
+constexpr uintptr_t kClaimed = 1;  // a slot being filled in: not yet a window
 constexpr size_t kGuards = 256;  // more windows at once (parked mapped calls) map read-write, unkept
 std::array<Guard, kGuards> g_guards;
 struct sigaction g_next {};  // the handler before ours: V8's trap handler, or the default
@@ -29,15 +30,20 @@ struct sigaction g_next {};  // the handler before ours: V8's trap handler, or t
 void on_segv(int sig, siginfo_t* info, void* ctx) {
   const auto addr = reinterpret_cast<uintptr_t>(info->si_addr);
   if (info->si_code == SEGV_ACCERR) {
+    const int saved_errno = errno;
+    bool mended = false;
+    // Every slot that covers the address (a stale one too, should V8 have moved a memory
+    // whose window was not released yet): each is spoilt.
     for (auto& g : g_guards) {
       const uintptr_t s = g.start.load(std::memory_order_acquire);
-      if (s == 0 || addr < s || addr >= g.end.load(std::memory_order_acquire)) continue;
+      if (s <= kClaimed || addr < s || addr >= g.end.load(std::memory_order_acquire)) continue;
       // A write into a read-only input: let it through (the page becomes a private
       // copy, as with any MAP_PRIVATE write) and remember that the window is spoilt.
       g.written.store(true, std::memory_order_release);
-      if (mprotect(reinterpret_cast<void*>(s), g.end.load(std::memory_order_relaxed) - s, PROT_READ | PROT_WRITE) == 0) return;
-      break;
+      mended |= mprotect(reinterpret_cast<void*>(s), g.end.load(std::memory_order_relaxed) - s, PROT_READ | PROT_WRITE) == 0;
     }
+    errno = saved_errno;
+    if (mended) return;
   }
   // Not ours: V8's trap handler (a wasm out-of-bounds access) or a real crash.
   if (g_next.sa_flags & SA_SIGINFO) {
@@ -66,7 +72,10 @@ bool install_handler() {
 Guard* take_guard(uint8_t* at, size_t length) {
   if (!install_handler()) return nullptr;
   for (auto& g : g_guards) {
-    if (g.start.load(std::memory_order_relaxed) != 0) continue;
+    // Claimed with a compare-and-swap: runtimes on other threads (in-process hosts,
+    // tests) take slots too.
+    uintptr_t free_slot = 0;
+    if (!g.start.compare_exchange_strong(free_slot, kClaimed, std::memory_order_acq_rel)) continue;
     g.written.store(false, std::memory_order_relaxed);
     g.end.store(reinterpret_cast<uintptr_t>(at + length), std::memory_order_release);
     g.start.store(reinterpret_cast<uintptr_t>(at), std::memory_order_release);

@@ -177,13 +177,24 @@ Status SkillRuntime::load(const std::string& name, std::span<const uint8_t> wasm
 
   // Instantiate once now: proves linking and _initialize, and warms the pool.
   if (auto st = add_instance(*skill); !st.ok()) return st;
+  if (auto old = skills_.find(name); old != skills_.end()) drop_idle(*old->second);
   skills_[name] = std::move(skill);  // replaces a previous version; its calls keep the old one
   return ok_status();
 }
 
 Status SkillRuntime::unload(const std::string& name) {
-  if (skills_.erase(name) == 0) return make_error(Code::NotFound, "skill '" + name + "' is not loaded");
+  auto it = skills_.find(name);
+  if (it == skills_.end()) return make_error(Code::NotFound, "skill '" + name + "' is not loaded");
+  drop_idle(*it->second);
+  skills_.erase(it);
   return ok_status();
+}
+
+// A skill that is gone from skills_ may live on in its parked calls; its idle instances
+// (and any input they keep mapped) must not.
+void SkillRuntime::drop_idle(Skill& s) {
+  s.pool.clear();
+  s.window_pool.clear();
 }
 
 std::vector<std::string> SkillRuntime::skills() const {
@@ -417,6 +428,7 @@ void SkillRuntime::start_mapped(Call& c) {
     }
     c.inst.window_offset = uint64_t(before.value()) * kWasmPage;
     c.inst.window_bytes = pages * kWasmPage;
+    c.inst.variant = s.window_module.get();
     c.inst.window_base = c.inst.inst->memory().data();
   }
   c.inst.binding->call = &c;
@@ -427,6 +439,10 @@ void SkillRuntime::start_mapped(Call& c) {
     return finish(c, skill_error(s.name, Code::Internal, "input window: the memory did not grow in place"));
   }
   const uint64_t file_offset = v.file_offset - lead, length = (span + kOsPage - 1) / kOsPage * kOsPage;
+  if (c.inst.window_bytes < length || c.inst.variant != s.window_module.get()) {
+    c.inst.drop();
+    return finish(c, skill_error(s.name, Code::Internal, "input window: the instance's window is not this input's"));
+  }
   if (c.inst.window.holds(v.keep, file_offset, length)) {
     stats_.kept_inputs++;  // the last call's mapping of this range, unwritten: nothing to do
   } else {
@@ -437,6 +453,10 @@ void SkillRuntime::start_mapped(Call& c) {
       return finish(c, skill_error(s.name, w.error().code, w.error().message));
     }
     c.inst.window = std::move(w.value());
+    if (!c.inst.window.active()) {
+      c.inst.drop();
+      return finish(c, skill_error(s.name, Code::Internal, "input window: nothing was mapped"));
+    }
   }
   c.inst.account();
   if (!within_memory_limit()) {
@@ -556,10 +576,10 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
       auto mem = c.inst.inst->memory();
       const auto& snap = s.window_snapshot;
       const bool reusable = s.limits.fresh == FreshState::Reset && r.ok() && snap && snap->size() == c.inst.window_offset &&
+                            c.inst.variant == s.window_module.get() &&
                             mem.data() == c.inst.window_base &&
                             mem.size() == c.inst.window_offset + c.inst.window_bytes && s.window_pool.size() < kWindowPoolMax;
       if (!reusable || c.input_view.keep.use_count() <= 1 || !c.inst.window.settle()) c.inst.unmap_window();
-      c.input_view = {};
       if (reusable) {
         std::memcpy(mem.data(), snap->data(), snap->size());
         stats_.resets++;
@@ -595,6 +615,14 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
   if (usage_->unreclaimed_bytes >= kReclaimBytes || (idle && usage_->unreclaimed_bytes >= kIdleReclaimBytes)) {
     usage_->unreclaimed_bytes = 0;
     engine_->reclaim();
+  }
+  // If this call held the last reference to a shared input another instance keeps
+  // mapped (a call on the same buffer finished while this one was parked, and the host
+  // dropped the buffer meanwhile), that window goes now, not at the next side-channel
+  // message.
+  if (c.input_view.keep) {
+    c.input_view = {};
+    release_orphaned_inputs();
   }
   CallDone done = std::move(c.done);
   auto keep_alive = calls_.extract(c.id);  // c is destroyed at the end of this scope

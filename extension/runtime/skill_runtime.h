@@ -161,6 +161,7 @@ class SkillRuntime {
   void suspend(Call& c);
   void resume(Call& c);
   Status add_instance(Skill& s);
+  void drop_idle(Skill& s);
   Result<struct PooledInstance> new_instance(Skill& s, engine::Module& module);
   void disarm_watchdog();
   // Memory accounting (RuntimeLimits): each live instance's linear memory counts from

@@ -207,6 +207,7 @@ class Server {
     }
     side_.close();
     shm_.clear();
+    if (runtime_) runtime_->release_orphaned_inputs();  // the registry let go of every buffer
   }
 
   // The input a request names in shared memory: one ref, read-only, valid for the call.

@@ -1,11 +1,14 @@
 /* sleeper: input N (decimal milliseconds); waits N/2 ms twice through airlock.wait and
- * returns "slept N". */
+ * returns "slept N". `sum_later`: waits 50 ms, then returns the byte sum of its input (a
+ * call that stays parked while it holds a large mapped input). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <airlock/skill.h>
+
+#include "byte_sum.h"
 
 AIRLOCK_SKILL(run) {
   char text[16];
@@ -28,5 +31,12 @@ AIRLOCK_SKILL(run) {
   char out[32];
   int n = snprintf(out, sizeof out, "slept %lu", ms);
   airlock_output(out, (size_t)n);
+  return AIRLOCK_OK;
+}
+
+AIRLOCK_SKILL(sum_later) {
+  int rc = airlock_wait_ms(50);
+  if (rc != AIRLOCK_OK) return airlock_fail("sum_later: wait failed (code %d)", rc);
+  byte_sum_output(byte_sum(input, input_len));
   return AIRLOCK_OK;
 }

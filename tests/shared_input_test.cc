@@ -244,6 +244,67 @@ TEST_P(SharedInputTest, OutputsWrittenInPlaceArriveWhole) {
   EXPECT_TRUE(*copied == pattern(2'000'000));
 }
 
+// CallOptions::output_view: a large output is handed over where the extension put it,
+// without the host's copy. While a view is held, its buffer is not reused (the next
+// outputs come in other buffers); when it goes, the buffer goes back; a view outlives
+// even the extension's process.
+TEST_P(SharedInputTest, LargeOutputsCanBeViewedInPlace) {
+  ASSERT_TRUE(ext_->load_skill("make_bytes", skill("make_bytes")).ok());
+  auto pattern = [](size_t n) {
+    std::string s(n, '\0');
+    for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(static_cast<uint8_t>(i * 131u + 7u));
+    return s;
+  };
+  auto as_string = [](const OutputView& v) { return std::string(reinterpret_cast<const char*>(v.data().data()), v.size()); };
+  const size_t n = (2u << 20) + 11;
+  std::vector<std::shared_ptr<OutputView>> held;
+  for (int i = 0; i < 4; ++i) {
+    CallOptions o;
+    o.output_view = std::make_shared<OutputView>();
+    auto r = ext_->call("make_bytes", std::to_string(n), o);  // written in place
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    EXPECT_EQ(*r, "") << "the bytes are in the view";
+    ASSERT_TRUE(*o.output_view);
+    held.push_back(o.output_view);
+  }
+  std::string echoed(300'000, 'e');
+  CallOptions eo;
+  eo.output_view = std::make_shared<OutputView>();
+  auto r = ext_->call("echo", echoed, eo);  // copied into a pooled buffer by the extension
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_TRUE(as_string(*eo.output_view) == echoed);
+  for (const auto& v : held) EXPECT_TRUE(as_string(*v) == pattern(n)) << "a held view is never written again";
+  // Small outputs come in the string; the view stays empty.
+  CallOptions so;
+  so.output_view = std::make_shared<OutputView>();
+  EXPECT_EQ(*ext_->call("echo", "tiny", so), "tiny");
+  EXPECT_FALSE(*so.output_view);
+  // Views given back, buffers reused: many more calls do not pile up buffers.
+  held.clear();
+  eo.output_view.reset();
+  std::optional<size_t> warm;
+  for (int i = 0; i < 30; ++i) {
+    CallOptions o;
+    o.output_view = std::make_shared<OutputView>();
+    ASSERT_TRUE(ext_->call("make_bytes", std::to_string(n), o).ok());
+    ASSERT_TRUE(as_string(*o.output_view) == pattern(n)) << i;
+    if (i == 0) warm = memfds();
+  }
+  EXPECT_LE(memfds(), *warm + 2);
+  // A view outlives the process that wrote it.
+  CallOptions last;
+  last.output_view = std::make_shared<OutputView>();
+  ASSERT_TRUE(ext_->call("make_bytes", std::to_string(n), last).ok());
+  const int pid = ext_->pid();
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while ((ext_->pid() == pid || !ext_->alive()) && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
+  EXPECT_TRUE(as_string(*last.output_view) == pattern(n));
+  last.output_view.reset();  // gives nothing back to the new process
+  ASSERT_TRUE(ext_->alive());
+  EXPECT_EQ(*ext_->call("echo", "after"), "after");
+}
+
 TEST_P(SharedInputTest, LargeOutputsComeBackThroughSharedMemory) {
   // echo's output is as large as its input: above 64 KiB it returns in a pooled buffer of
   // the extension's, which the host copies out and gives back before it is reused.

@@ -5,7 +5,8 @@
 namespace airlock::detail {
 
 void HostImpl::send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, proto::Frame frame,
-                         std::chrono::milliseconds timeout, Done done, ChainInfo info, bool counts) {
+                         std::chrono::milliseconds timeout, Done done, ChainInfo info, bool counts,
+                         std::shared_ptr<OutputView> view) {
   const bool is_call = std::holds_alternative<proto::Request>(frame);
   // A call refused here counts as a finished call (its error by code) in the stats.
   auto refuse = [&](Error err) {
@@ -35,7 +36,7 @@ void HostImpl::send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, 
                                                   (full ? " (HostLimits::max_queued_bytes)" : "")));
   }
   if (info.deadline == Deadline{}) info.deadline = std::chrono::steady_clock::now() + timeout;
-  PendingCall pc{std::move(done), nullptr, std::move(info), counts, is_call, std::chrono::steady_clock::now()};
+  PendingCall pc{std::move(done), std::move(view), nullptr, std::move(info), counts, is_call, std::chrono::steady_clock::now()};
   if (is_call) e->stats.started();
   std::weak_ptr<ExtensionState> weak = e;
   pc.timer = LoopTimer::start(&loop_, static_cast<uint64_t>(timeout.count()), [this, weak, id, timeout] {

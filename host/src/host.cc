@@ -180,6 +180,12 @@ std::optional<Extension> Host::find(std::string_view name) const { return impl_-
 void Host::stop(std::chrono::milliseconds grace) { impl_->stop_all(grace); }
 const HostOptions& Host::options() const { return impl_->opts; }
 
+std::span<const uint8_t> OutputView::data() const {
+  if (!s_) return {};
+  return {reinterpret_cast<const uint8_t*>(s_->view.bytes.data()), s_->view.bytes.size()};
+}
+size_t OutputView::size() const { return s_ ? s_->view.bytes.size() : 0; }
+
 const std::string& Extension::name() const { return s_->opts.name; }
 int Extension::pid() const { return s_->pid; }
 bool Extension::alive() const { return s_->ready && !s_->stopping; }
@@ -390,9 +396,10 @@ CallId Extension::call_async(std::string_view skill, const Payload& input, const
   const size_t posted = req.payload.size();
   s->posted_bytes += posted;
   detail::ChainInfo info{1, s->opts.name + "/" + std::string(skill), std::chrono::steady_clock::now() + timeout};
-  host->post([s, host, id, req = std::move(req), timeout, done = std::move(done), info = std::move(info), posted]() mutable {
+  host->post([s, host, id, req = std::move(req), timeout, done = std::move(done), info = std::move(info), posted,
+              view = opts.output_view]() mutable {
     s->posted_bytes -= posted;
-    host->send_call(s, id, std::move(req), timeout, std::move(done), std::move(info));
+    host->send_call(s, id, std::move(req), timeout, std::move(done), std::move(info), true, std::move(view));
   });
   return id;
 }

@@ -38,6 +38,16 @@
 namespace airlock::detail {
 
 using Done = std::function<void(CallResult)>;
+// What an OutputView holds: the mapping of the extension's output buffer, and whom to
+// give it back to when the view goes (any thread).
+struct OutputViewState {
+  ~OutputViewState();
+  shm::View view;
+  std::weak_ptr<ExtensionState> ext;
+  uint64_t buffer_id = 0;
+  uint64_t side_gen = 0;
+};
+
 class HostImpl;
 class ExtensionState;
 
@@ -58,6 +68,7 @@ struct ChainInfo {
 
 struct PendingCall {
   Done done;
+  std::shared_ptr<OutputView> view;  // CallOptions::output_view
   LoopTimer* timer = nullptr;  // host-side deadline (backstop to the extension's own)
   ChainInfo info;
   bool counts = true;  // toward max_calls_in_flight (health pings do not)
@@ -126,6 +137,7 @@ class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
   // the dead process was sent); the side channel is per process. Any thread.
   std::mutex shm_mu;
   shm::FdChannel side;
+  uint64_t side_gen = 0;  // +1 per process: a view of a dead process's output gives nothing back
   std::unique_ptr<shm::Registry> inbox;  // outputs the current process shared with us
   std::unique_ptr<shm::Exporter> exporter;
   std::shared_ptr<shm::Pool> pool;
@@ -180,7 +192,8 @@ class HostImpl {
 
   // [loop] calls.cc
   void send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, proto::Frame frame,
-                 std::chrono::milliseconds timeout, Done done, ChainInfo info = {}, bool counts = true);
+                 std::chrono::milliseconds timeout, Done done, ChainInfo info = {}, bool counts = true,
+                 std::shared_ptr<OutputView> view = {});
   // Ends a pending call: its timer, its chain's open service calls, then `done`.
   void complete_pending(ExtensionState& e, uint64_t id, CallResult r);
   void cancel_call(const std::shared_ptr<ExtensionState>& e, uint64_t id);
@@ -211,7 +224,7 @@ class HostImpl {
  private:
   void drain_posted();
   void on_process_exit(const std::shared_ptr<ExtensionState>& e);
-  CallResult take_shared_output(ExtensionState& e, const proto::Response& r);
+  CallResult take_shared_output(const std::shared_ptr<ExtensionState>& e, const proto::Response& r, OutputView* view);
   void reload_skills(const std::shared_ptr<ExtensionState>& e, std::function<void(Status)> done);
   void schedule_restart(const std::shared_ptr<ExtensionState>& e);
   void attach_process(const std::shared_ptr<ExtensionState>& e, ChildProcess child);

@@ -35,7 +35,8 @@ void HostImpl::on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&&
       return;
     }
     const bool failed = r->code != Code::Ok;
-    CallResult res = !failed && !r->shm_refs.empty() ? take_shared_output(*e, *r) : proto::result_of(std::move(*r));
+    OutputView* view = e->pending[id].view.get();
+    CallResult res = !failed && !r->shm_refs.empty() ? take_shared_output(e, *r, view) : proto::result_of(std::move(*r));
     if (failed && !res.ok()) {
       // The extension's words: one line, cut (an error is for people, 4 KiB is plenty),
       // and prefixed with who said it ("extension 'x' (pid N): skill 'y': ...").
@@ -111,8 +112,18 @@ Status HostImpl::check_sandbox(ExtensionState& e, const std::string& report) {
   return ok_status();
 }
 
-// A large output the extension returned in shared memory: copy it out, give it back.
-CallResult HostImpl::take_shared_output(ExtensionState& e, const proto::Response& r) {
+OutputViewState::~OutputViewState() {
+  auto e = ext.lock();
+  if (!e) return;
+  std::lock_guard lk(e->shm_mu);
+  // The same process (a restarted one never had this buffer), and never waiting on it.
+  if (e->side_gen == side_gen && e->side.valid()) (void)e->side.give_back(buffer_id, /*timeout_ms=*/0);
+}
+
+// A large output the extension returned in shared memory: copy it out, give it back;
+// or, if the caller asked for a view, hand it the mapping and give it back when the view goes.
+CallResult HostImpl::take_shared_output(const std::shared_ptr<ExtensionState>& ep, const proto::Response& r, OutputView* view) {
+  ExtensionState& e = *ep;
   std::lock_guard lk(e.shm_mu);
   if (r.shm_refs.size() != 1 || !r.payload.empty() || !e.side.valid() || !e.inbox) {
     return make_error(Code::Internal, e.label() + " sent a malformed shared output");
@@ -129,6 +140,15 @@ CallResult HostImpl::take_shared_output(ExtensionState& e, const proto::Response
   }
   auto v = e.inbox->resolve(ref);
   if (!v.ok()) return make_error(Code::Internal, e.label() + " sent a bad shared output: " + v.error().message);
+  if (view) {
+    auto st = std::make_shared<OutputViewState>();
+    st->view = std::move(v.value());
+    st->ext = ep;
+    st->buffer_id = ref.buffer_id;
+    st->side_gen = e.side_gen;
+    view->s_ = std::move(st);
+    return std::string();
+  }
   CallResult out = make_error(Code::Internal, "");
   try {
     out = std::string(reinterpret_cast<const char*>(v->bytes.data()), v->bytes.size());

@@ -49,6 +49,7 @@ void HostImpl::start_process(const std::shared_ptr<ExtensionState>& e) {
   {
     std::lock_guard lk(e->shm_mu);
     e->side = std::move(side->first);  // same object, new socket: the exporter keeps pointing at it
+    e->side_gen++;
     // Sends never wait: an extension that stopped reading fails the call, not the caller's thread.
     if (!e->exporter) e->exporter = std::make_unique<shm::Exporter>(e->side, /*timeout_ms=*/0);
     shm::RegistryOptions ro;

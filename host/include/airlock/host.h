@@ -147,9 +147,38 @@ struct ServiceOptions {
   std::optional<std::vector<std::string>> allow;
 };
 
+namespace detail {
+class HostImpl;
+struct OutputViewState;
+}  // namespace detail
+
+// A large output left where the extension put it (CallOptions::output_view): its shared
+// buffer, mapped read-only here, instead of a copy in the CallResult's string. The
+// extension may reuse that buffer only once this object is gone (or reset), so keep it
+// no longer than you need. The buffer is sealed against resizing and against new
+// writable mappings, but the extension, its creator, keeps one: a compromised extension
+// could change the bytes while you read them. Copy what you validate before acting on it.
+class OutputView {
+ public:
+  OutputView() = default;
+  std::span<const uint8_t> data() const;
+  size_t size() const;
+  explicit operator bool() const { return s_ != nullptr; }
+  void reset() { s_.reset(); }
+
+ private:
+  friend class detail::HostImpl;
+  std::shared_ptr<detail::OutputViewState> s_;
+};
+
 struct CallOptions {
   std::string func = "run";
   std::chrono::milliseconds timeout = 0ms;  // 0: the host's default_call_timeout
+  // If set, an output that comes back in shared memory (64 KiB or more: the extension's
+  // serve --shm-output-min-bytes, or written with airlock_output_buffer) is handed over
+  // here as a view, without the host's copy; the CallResult's string is then empty.
+  // Smaller outputs arrive in the string as always, and the view stays empty.
+  std::shared_ptr<OutputView> output_view = nullptr;
 };
 
 using CallResult = Result<std::string>;

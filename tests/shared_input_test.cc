@@ -274,6 +274,9 @@ TEST_P(SharedInputTest, LargeOutputsCanBeViewedInPlace) {
   ASSERT_TRUE(r.ok()) << r.error().to_string();
   EXPECT_TRUE(as_string(*eo.output_view) == echoed);
   for (const auto& v : held) EXPECT_TRUE(as_string(*v) == pattern(n)) << "a held view is never written again";
+  // A view reused for the next call: its earlier output is given back, the new one is in it.
+  ASSERT_TRUE(ext_->call("make_bytes", "100000", eo).ok());
+  EXPECT_TRUE(as_string(*eo.output_view) == pattern(100'000));
   // Small outputs come in the string; the view stays empty.
   CallOptions so;
   so.output_view = std::make_shared<OutputView>();

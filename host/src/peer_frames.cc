@@ -124,6 +124,9 @@ OutputViewState::~OutputViewState() {
 // or, if the caller asked for a view, hand it the mapping and give it back when the view goes.
 CallResult HostImpl::take_shared_output(const std::shared_ptr<ExtensionState>& ep, const proto::Response& r, OutputView* view) {
   ExtensionState& e = *ep;
+  // A view the caller reused still holds an earlier output: that one is given back (which
+  // takes shm_mu) after the lock below is released, so it is destroyed after it.
+  std::shared_ptr<OutputViewState> replaced;
   std::lock_guard lk(e.shm_mu);
   if (r.shm_refs.size() != 1 || !r.payload.empty() || !e.side.valid() || !e.inbox) {
     return make_error(Code::Internal, e.label() + " sent a malformed shared output");
@@ -146,7 +149,7 @@ CallResult HostImpl::take_shared_output(const std::shared_ptr<ExtensionState>& e
     st->ext = ep;
     st->buffer_id = ref.buffer_id;
     st->side_gen = e.side_gen;
-    view->s_ = std::move(st);
+    replaced = std::exchange(view->s_, std::move(st));
     return std::string();
   }
   CallResult out = make_error(Code::Internal, "");

@@ -177,7 +177,8 @@ struct CallOptions {
   // If set, an output that comes back in shared memory (64 KiB or more: the extension's
   // serve --shm-output-min-bytes, or written with airlock_output_buffer) is handed over
   // here as a view, without the host's copy; the CallResult's string is then empty.
-  // Smaller outputs arrive in the string as always, and the view stays empty.
+  // Smaller outputs arrive in the string as always, and the view stays empty. One view
+  // per call in flight; reusing one for a later call gives its earlier output back.
   std::shared_ptr<OutputView> output_view = nullptr;
 };
 

@@ -26,6 +26,13 @@ uint64_t le64(const std::string& s) {
 
 size_t memfds() { return shm::count_open_memfds().value(); }
 
+// What the make_bytes skill outputs for the input "n": byte i = (i * 131 + 7) mod 256.
+std::string pattern(size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(static_cast<uint8_t>(i * 131u + 7u));
+  return s;
+}
+
 class SharedInputTest : public ::testing::TestWithParam<Transport> {
  protected:
   void SetUp() override {
@@ -223,11 +230,6 @@ TEST_P(SharedInputTest, OneHostWideBufferForSeveralExtensions) {
 // which the host maps, copies, gives back, and is told to drop: none piles up.
 TEST_P(SharedInputTest, OutputsWrittenInPlaceArriveWhole) {
   ASSERT_TRUE(ext_->load_skill("make_bytes", skill("make_bytes")).ok());
-  auto pattern = [](size_t n) {
-    std::string s(n, '\0');
-    for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(static_cast<uint8_t>(i * 131u + 7u));
-    return s;
-  };
   std::optional<size_t> warm;
   for (int round = 0; round < 40; ++round) {
     for (size_t n : {size_t{10}, size_t{100'000}, (size_t{3} << 20) + 5}) {
@@ -250,11 +252,6 @@ TEST_P(SharedInputTest, OutputsWrittenInPlaceArriveWhole) {
 // even the extension's process.
 TEST_P(SharedInputTest, LargeOutputsCanBeViewedInPlace) {
   ASSERT_TRUE(ext_->load_skill("make_bytes", skill("make_bytes")).ok());
-  auto pattern = [](size_t n) {
-    std::string s(n, '\0');
-    for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(static_cast<uint8_t>(i * 131u + 7u));
-    return s;
-  };
   auto as_string = [](const OutputView& v) { return std::string(reinterpret_cast<const char*>(v.data().data()), v.size()); };
   const size_t n = (2u << 20) + 11;
   std::vector<std::shared_ptr<OutputView>> held;

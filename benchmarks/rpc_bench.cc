@@ -96,9 +96,10 @@ const TestData& test_data(const std::string& which) {
   } else if (which == "sum_50mb_resident") {  // sum_resident keeps a copy of the first input, then sums it
     p = {"sum_resident", "", test_data("large_bytes_50mb").expect};
   } else if (which == "output_8mb_copied" || which == "output_8mb_in_place") {
-    // make_bytes writes 8 MiB: into malloc'd memory passed to airlock_output (copied), or
-    // straight into airlock_output_buffer (shared memory: no copy in the extension).
-    std::string s(8 * kMiB, '\0');
+    // make_bytes writes 8 MiB and 5 bytes (not whole pages, as outputs seldom are): into
+    // malloc'd memory passed to airlock_output (copied), or straight into
+    // airlock_output_buffer (shared memory: no copy in the extension).
+    std::string s(8 * kMiB + 5, '\0');
     for (size_t i = 0; i < s.size(); ++i) s[i] = static_cast<char>(static_cast<uint8_t>(i * 131u + 7u));
     p = {"make_bytes", std::to_string(s.size()) + (which == "output_8mb_copied" ? ",copy" : ""), std::move(s)};
   } else if (which == "chain_host_ext_host") {  // caller -> host service "host.echo"

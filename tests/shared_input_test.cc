@@ -271,9 +271,21 @@ TEST_P(SharedInputTest, LargeOutputsCanBeViewedInPlace) {
   ASSERT_TRUE(r.ok()) << r.error().to_string();
   EXPECT_TRUE(as_string(*eo.output_view) == echoed);
   for (const auto& v : held) EXPECT_TRUE(as_string(*v) == pattern(n)) << "a held view is never written again";
-  // A view reused for the next call: its earlier output is given back, the new one is in it.
+  // A view reused for the next call: its earlier output is given back, the new one is in it;
+  // and a small output after that leaves it empty, not holding the one before.
   ASSERT_TRUE(ext_->call("make_bytes", "100000", eo).ok());
   EXPECT_TRUE(as_string(*eo.output_view) == pattern(100'000));
+  EXPECT_EQ(*ext_->call("echo", "small", eo), "small");
+  EXPECT_FALSE(*eo.output_view);
+  // One view, one call in flight.
+  CallOptions twice;
+  twice.output_view = std::make_shared<OutputView>();
+  auto first = ext_->call_async("make_bytes", "3000000", twice);
+  auto second = ext_->call("make_bytes", "3000000", twice);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.error().code, Code::InvalidArgument) << second.error().to_string();
+  ASSERT_TRUE(first.get().ok());
+  EXPECT_TRUE(as_string(*twice.output_view) == pattern(3'000'000));
   // Small outputs come in the string; the view stays empty.
   CallOptions so;
   so.output_view = std::make_shared<OutputView>();
@@ -303,6 +315,57 @@ TEST_P(SharedInputTest, LargeOutputsCanBeViewedInPlace) {
   last.output_view.reset();  // gives nothing back to the new process
   ASSERT_TRUE(ext_->alive());
   EXPECT_EQ(*ext_->call("echo", "after"), "after");
+}
+
+// Buffers the extension wrote are pooled: one lent for an output again still holds the
+// last output, and a skill writing in place must get it zeroed.
+TEST_P(SharedInputTest, AnOutputBufferNeverShowsAnEarlierOutput) {
+  ASSERT_TRUE(ext_->load_skill("make_bytes", skill("make_bytes")).ok());
+  for (const char* n : {"100000", "2097152", "2100000"}) {
+    ASSERT_TRUE(ext_->call("make_bytes", n).ok());
+    auto r = ext_->call("make_bytes", std::string(n) + ",check");
+    EXPECT_TRUE(r.ok()) << n << ": " << r.error().to_string();
+  }
+}
+
+// Views pin the extension's buffers past the registry's count: they have their own
+// budget (half of HostLimits::max_shared_bytes, so that outputs still fit beside them);
+// past it, outputs are copied into the string.
+TEST_P(SharedInputTest, ViewsHoldNoMoreThanTheSharedMemoryBudget) {
+  ext_.reset();
+  host_.reset();
+  HostOptions o;
+  o.transport = GetParam();
+  o.extension_binary = AIRLOCK_EXTENSION_BIN;
+  o.log_level = "warn";
+  o.limits.max_shared_bytes = 16u << 20;  // views: two 4 MiB buffers (2 MiB + 11 bytes: the 4 MiB class)
+  host_ = std::make_unique<Host>(o);
+  ExtensionOptions eo;
+  eo.name = "budget";
+  auto e = host_->spawn(eo);
+  ASSERT_TRUE(e.ok()) << e.error().to_string();
+  ext_ = e.value();
+  ASSERT_TRUE(ext_->load_skill("make_bytes", skill("make_bytes")).ok());
+  const size_t n = (2u << 20) + 11;
+  std::vector<std::shared_ptr<OutputView>> held;
+  for (int i = 0; i < 2; ++i) {
+    CallOptions co;
+    co.output_view = std::make_shared<OutputView>();
+    auto r = ext_->call("make_bytes", std::to_string(n), co);
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    EXPECT_TRUE(*co.output_view) << "view " << i << " fits";
+    held.push_back(co.output_view);
+  }
+  CallOptions co;
+  co.output_view = std::make_shared<OutputView>();
+  auto r = ext_->call("make_bytes", std::to_string(n), co);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_FALSE(*co.output_view) << "past the budget: copied";
+  EXPECT_TRUE(*r == pattern(n));
+  held.pop_back();
+  auto again = ext_->call("make_bytes", std::to_string(n), co);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(*co.output_view) << "room again once a view went";
 }
 
 TEST_P(SharedInputTest, LargeOutputsComeBackThroughSharedMemory) {

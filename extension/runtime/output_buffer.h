@@ -26,7 +26,8 @@
 
 namespace airlock::runtime {
 
-// A writable, page-aligned mapping of `size` bytes of shared memory, named by `token`.
+// A writable, page-aligned mapping of `size` bytes (a multiple of the page) of shared
+// memory, named by `token`. The runtime zeroes it before the skill sees it.
 struct OutputSlot {
   uint8_t* data = nullptr;
   size_t size = 0;
@@ -59,7 +60,10 @@ class OutputBuffer {
 
   // Moves `slot`'s mapping to `at` (page-aligned, inside the instance's memory, at least
   // slot.size bytes grown for it). The output is `length` bytes of it.
-  static Result<OutputBuffer> map(uint8_t* at, const OutputSlot& slot, size_t length, OutputSource* source);
+  // On failure, *broken says the skill's memory there could not be restored either (the
+  // call must trap: its instance must not live on).
+  static Result<OutputBuffer> map(uint8_t* at, const OutputSlot& slot, size_t length, OutputSource* source,
+                                  bool* broken);
   // Pages of the skill's own memory (no source): the output is `length` bytes from `at`.
   static OutputBuffer plain(uint8_t* at, size_t length);
   // The call ended well: moves the mapping back; the slot is the output if the caller
@@ -68,6 +72,7 @@ class OutputBuffer {
   void release();  // moves the mapping back and gives the slot back to its source
   void forget();   // V8 moved the memory: the range is not ours; the slot goes back
   bool active() const { return at_ != nullptr; }
+  bool poisoned() const { return poisoned_; }  // a mapping could not be undone: drop the instance
   uint8_t* at() const { return at_; }
   size_t length() const { return length_; }
 
@@ -75,6 +80,7 @@ class OutputBuffer {
   bool move_back();
   uint8_t* at_ = nullptr;
   size_t length_ = 0;
+  bool poisoned_ = false;
   OutputSlot slot_;  // data == nullptr: plain
   OutputSource* source_ = nullptr;
 };

@@ -564,6 +564,7 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
     } else {
       c.inst.unmap_output();
     }
+    if (c.inst.output.poisoned()) c.inst.drop();
   }
   if (c.inst.inst && c.state != Call::State::Suspended) {
     c.inst.binding->call = nullptr;
@@ -657,8 +658,13 @@ int32_t SkillRuntime::open_output_buffer(Call& c, uint32_t len) {
   const uint64_t at = uint64_t{before.value()} * kWasmPage;
   if (at + uint64_t{pages} * kWasmPage > mem.size()) return give_back();
   if (slot) {
-    auto b = OutputBuffer::map(mem.data() + at, *slot, len, output_source_);
-    if (!b.ok()) return give_back();
+    bool broken = false;
+    auto b = OutputBuffer::map(mem.data() + at, *slot, len, output_source_, &broken);
+    if (!b.ok()) {
+      give_back();
+      if (broken) throw engine::HostTrap{b.take_error()};  // the instance is dropped with the trap
+      return 0;
+    }
     c.inst.output = std::move(b.value());
   } else {
     c.inst.output = OutputBuffer::plain(mem.data() + at, len);

@@ -138,11 +138,15 @@ class Server {
     Result<runtime::OutputSlot> acquire(size_t len) override {
       if (!s_->side_.valid()) return make_error(Code::Unavailable, "no side channel");
       s_->ensure_out_pool();
-      auto lease = s_->out_pool_->acquire(len);
+      // Whole pages (the runtime moves mappings page by page): ask for them, and lend
+      // that much of the buffer (its size class, or an exact unpooled size).
+      const size_t pages = (len + 4095) / 4096 * 4096;
+      auto lease = s_->out_pool_->acquire(pages);
       if (!lease.ok()) return lease.take_error();
-      auto w = lease->writable();
+      auto w = lease->buffer().writable();
+      if (w.size() < pages) return make_error(Code::Internal, "output slot smaller than asked");
       const uint64_t token = next_++;
-      runtime::OutputSlot slot{reinterpret_cast<uint8_t*>(w.data()), w.size(), token};
+      runtime::OutputSlot slot{reinterpret_cast<uint8_t*>(w.data()), pages, token};
       leases_.emplace(token, std::move(lease.value()));
       return slot;
     }

@@ -371,6 +371,19 @@ CallId Extension::call_async(std::string_view skill, const Payload& input, const
       return call_async(skill, Payload(*buf), opts, std::move(done));
     }
   }
+  if (auto& view = opts.output_view) {
+    if (view->busy_.exchange(true)) {
+      host->post([done = std::move(done)]() mutable {
+        done(make_error(Code::InvalidArgument, "CallOptions::output_view is in use by another call in flight"));
+      });
+      return id;
+    }
+    view->reset();  // its earlier output goes back now, not left to look like this call's
+    done = [done = std::move(done), view](CallResult r) {
+      view->busy_ = false;
+      done(std::move(r));
+    };
+  }
   if (input.shared()) {
     auto ref = share(input);
     if (!ref.ok()) {

@@ -46,6 +46,7 @@ struct OutputViewState {
   std::weak_ptr<ExtensionState> ext;
   uint64_t buffer_id = 0;
   uint64_t side_gen = 0;
+  uint64_t pinned = 0;  // bytes of mapping it holds (ExtensionState::view_bytes)
 };
 
 class HostImpl;
@@ -138,6 +139,7 @@ class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
   std::mutex shm_mu;
   shm::FdChannel side;
   uint64_t side_gen = 0;  // +1 per process: a view of a dead process's output gives nothing back
+  std::atomic<uint64_t> view_bytes{0};  // mappings held by OutputViews (HostLimits::max_shared_bytes)
   std::unique_ptr<shm::Registry> inbox;  // outputs the current process shared with us
   std::unique_ptr<shm::Exporter> exporter;
   std::shared_ptr<shm::Pool> pool;

@@ -32,6 +32,12 @@ void HostImpl::on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&&
       }
       if (e->unanswered_ended == 0) return cut_off(e, "answered request " + std::to_string(id) + " twice");
       e->unanswered_ended--;  // a late answer to a call that timed out or was cancelled
+      // Its output buffer, if any, is of no use: give it back, or the extension's pool
+      // would keep it leased for good.
+      if (r->shm_refs.size() == 1) {
+        std::lock_guard lk(e->shm_mu);
+        if (e->side.valid()) (void)e->side.give_back(r->shm_refs[0].buffer_id, /*timeout_ms=*/0);
+      }
       return;
     }
     const bool failed = r->code != Code::Ok;
@@ -115,6 +121,7 @@ Status HostImpl::check_sandbox(ExtensionState& e, const std::string& report) {
 OutputViewState::~OutputViewState() {
   auto e = ext.lock();
   if (!e) return;
+  e->view_bytes -= pinned;
   std::lock_guard lk(e->shm_mu);
   // The same process (a restarted one never had this buffer), and never waiting on it.
   if (e->side_gen == side_gen && e->side.valid()) (void)e->side.give_back(buffer_id, /*timeout_ms=*/0);
@@ -137,18 +144,26 @@ CallResult HostImpl::take_shared_output(const std::shared_ptr<ExtensionState>& e
   const auto& ref = r.shm_refs[0];
   if (ref.length > opts.limits.max_output_bytes) {
     (void)e.inbox->release(ref.buffer_id);
+    (void)e.side.give_back(ref.buffer_id, /*timeout_ms=*/0);
     return make_error(Code::ResourceExhausted, e.label() + " returned " + std::to_string(ref.length) +
                                                    " bytes of output (HostLimits::max_output_bytes " +
                                                    std::to_string(opts.limits.max_output_bytes) + ")");
   }
   auto v = e.inbox->resolve(ref);
   if (!v.ok()) return make_error(Code::Internal, e.label() + " sent a bad shared output: " + v.error().message);
-  if (view) {
+  // A view pins the buffer's whole mapping for as long as the caller keeps it, past the
+  // registry's own count (a drop or a restart ends that). Views get half of
+  // max_shared_bytes, so that the registry keeps room for the outputs that come while
+  // they are held; past it an output is copied as usual.
+  const uint64_t pinned = v->mapping ? v->mapping->size() : v->bytes.size();
+  if (view && e.view_bytes.load() + pinned <= opts.limits.max_shared_bytes / 2) {
     auto st = std::make_shared<OutputViewState>();
     st->view = std::move(v.value());
     st->ext = ep;
     st->buffer_id = ref.buffer_id;
     st->side_gen = e.side_gen;
+    st->pinned = pinned;
+    e.view_bytes += pinned;
     replaced = std::exchange(view->s_, std::move(st));
     return std::string();
   }

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -161,6 +162,8 @@ struct OutputViewState;
 class OutputView {
  public:
   OutputView() = default;
+  OutputView(const OutputView&) = delete;
+  OutputView& operator=(const OutputView&) = delete;
   std::span<const uint8_t> data() const;
   size_t size() const;
   explicit operator bool() const { return s_ != nullptr; }
@@ -168,7 +171,9 @@ class OutputView {
 
  private:
   friend class detail::HostImpl;
+  friend class Extension;
   std::shared_ptr<detail::OutputViewState> s_;
+  std::atomic<bool> busy_{false};  // a call in flight fills it
 };
 
 struct CallOptions {
@@ -177,8 +182,10 @@ struct CallOptions {
   // If set, an output that comes back in shared memory (64 KiB or more: the extension's
   // serve --shm-output-min-bytes, or written with airlock_output_buffer) is handed over
   // here as a view, without the host's copy; the CallResult's string is then empty.
-  // Smaller outputs arrive in the string as always, and the view stays empty. One view
-  // per call in flight; reusing one for a later call gives its earlier output back.
+  // Smaller outputs arrive in the string as always, and the view stays empty (so it does
+  // when the extension's views already hold half of HostLimits::max_shared_bytes). A call empties
+  // the view first (giving its earlier output back); a view already used by a call in
+  // flight is refused (InvalidArgument).
   std::shared_ptr<OutputView> output_view = nullptr;
 };
 

@@ -189,6 +189,12 @@ TEST_P(HostTest, StatsCountEveryOutcomeAndMetricsTextListsThem) {
   EXPECT_GT(st.latency_p50_us, 0);
   EXPECT_GE(st.latency_p99_us, st.latency_p50_us);
   EXPECT_THAT(st.sandbox, HasSubstr("applied:"));
+  // Its memory, read from /proc: a V8 process holds megabytes; PSS and USS are parts of RSS.
+  EXPECT_GT(st.rss_bytes, 1u << 20);
+  EXPECT_GT(st.pss_bytes, 0u);
+  EXPECT_GT(st.uss_bytes, 0u);
+  EXPECT_LE(st.pss_bytes, st.rss_bytes);
+  EXPECT_LE(st.uss_bytes, st.pss_bytes);
   EXPECT_EQ(other.stats().calls, 0u);
 
   const auto names = [&] {
@@ -205,6 +211,7 @@ TEST_P(HostTest, StatsCountEveryOutcomeAndMetricsTextListsThem) {
   EXPECT_THAT(m, HasSubstr("airlock_calls_in_flight{extension=\"counted\"} 0\n"));
   EXPECT_THAT(m, HasSubstr("airlock_skills_loaded{extension=\"counted\"} 3\n"));
   EXPECT_THAT(m, HasSubstr("airlock_call_latency_us_count{extension=\"counted\"} 8\n"));
+  EXPECT_THAT(m, HasSubstr("airlock_memory_bytes{extension=\"counted\",kind=\"pss\"} "));
 }
 
 std::shared_ptr<const std::vector<uint8_t>> module_bytes(const std::string& name) {

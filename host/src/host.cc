@@ -5,9 +5,11 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstring>
 #include <fstream>
 #include <future>
 #include <iterator>
+#include <optional>
 
 #include "host_impl.h"
 
@@ -193,6 +195,27 @@ std::string Extension::sandbox_report() const { return s_->sandbox_report(); }
 
 bool Extension::on_io_thread() const { return s_->host->on_loop_thread(); }
 
+namespace {
+// RSS, PSS and USS of a process from /proc/PID/smaps_rollup (kB lines); zeros if unreadable.
+void read_memory(int pid, ExtensionStats& st) {
+  if (pid <= 0) return;
+  std::ifstream f("/proc/" + std::to_string(pid) + "/smaps_rollup");
+  uint64_t priv = 0;
+  for (std::string line; std::getline(f, line);) {
+    auto kb = [&](const char* key) -> std::optional<uint64_t> {
+      const size_t n = std::strlen(key);
+      if (line.compare(0, n, key) != 0) return std::nullopt;
+      return std::strtoull(line.c_str() + n, nullptr, 10) * 1024;
+    };
+    if (auto v = kb("Rss:")) st.rss_bytes = *v;
+    else if (auto v = kb("Pss:")) st.pss_bytes = *v;
+    else if (auto v = kb("Private_Clean:")) priv += *v;
+    else if (auto v = kb("Private_Dirty:")) priv += *v;
+  }
+  st.uss_bytes = priv;
+}
+}  // namespace
+
 ExtensionStats Extension::stats() const {
   auto snap = s_->stats.snapshot();
   ExtensionStats st;
@@ -208,6 +231,7 @@ ExtensionStats Extension::stats() const {
   st.latency_p99_us = snap.p99_us;
   st.skills = skills();
   st.sandbox = sandbox_report();
+  read_memory(st.pid, st);
   return st;
 }
 
@@ -249,6 +273,13 @@ std::string Host::metrics_text() const {
   for (const auto& s : all) out += "airlock_restarts_total{extension=\"" + label(s.name) + "\"} " + std::to_string(s.restarts) + "\n";
   family("airlock_skills_loaded", "gauge", "Skills loaded into the extension");
   for (const auto& s : all) out += "airlock_skills_loaded{extension=\"" + label(s.name) + "\"} " + std::to_string(s.skills.size()) + "\n";
+  family("airlock_memory_bytes", "gauge", "The extension process's memory: rss, pss (shared pages split), uss (private)");
+  for (const auto& s : all) {
+    const std::string l = "airlock_memory_bytes{extension=\"" + label(s.name) + "\",kind=\"";
+    out += l + "rss\"} " + std::to_string(s.rss_bytes) + "\n";
+    out += l + "pss\"} " + std::to_string(s.pss_bytes) + "\n";
+    out += l + "uss\"} " + std::to_string(s.uss_bytes) + "\n";
+  }
   family("airlock_call_latency_us", "summary", "Call latency in microseconds (log-scale histogram, 9 % buckets)");
   for (const auto& s : all) {
     char buf[64];

@@ -292,6 +292,10 @@ struct ExtensionStats {
   double latency_p99_us = 0;
   std::vector<std::string> skills;
   std::string sandbox;  // Extension::sandbox_report()
+  // The process's memory now (/proc/PID/smaps_rollup; 0 while down or unreadable): RSS,
+  // PSS (shared pages split among the processes mapping them: the honest share of
+  // libnode and the zygote's pages) and USS (private pages only).
+  uint64_t rss_bytes = 0, pss_bytes = 0, uss_bytes = 0;
 };
 
 // A handle to one extension process (cheap to copy). Survives restarts: after a crash

@@ -96,24 +96,8 @@ struct PooledInstance {
   // window's pages are not the skill's memory: they do not count (mapped, they hold
   // the caller's buffer; unmapped, they are untouched zero pages).
   void account() { share.set(inst ? inst->memory().size() - window_bytes : 0); }
-  void unmap_window() {
-    if (!window.active()) return;
-    // With the trap handler V8 grows memory in place; without it, a grow may move the
-    // memory (and free the old range): then the range is no longer ours to touch.
-    if (inst && inst->memory().data() == window_base) {
-      window.release();
-    } else {
-      window.forget();
-    }
-  }
-  void unmap_output() {
-    if (!output.active()) return;
-    if (inst && inst->memory().data() == output_base) {
-      output.release();
-    } else {
-      output.forget();
-    }
-  }
+  void unmap_window() { undo(window, window_base); }
+  void unmap_output() { undo(output, output_base); }
   void drop() {  // a trapped, terminated or grown instance: never reused
     unmap_window();
     unmap_output();
@@ -121,6 +105,22 @@ struct PooledInstance {
     share.reset();
   }
   std::unique_ptr<Binding> binding;
+
+ private:
+  // A mapping inside the memory (InputWindow, OutputBuffer) is undone before the memory
+  // goes. With the trap handler V8 grows memory in place; without it, a grow may move the
+  // memory (and free the old range): then the range is no longer ours to touch.
+  template <class Mapping>
+  void undo(Mapping& m, const uint8_t* base) {
+    if (!m.active()) return;
+    if (inst && inst->memory().data() == base) {
+      m.release();
+    } else {
+      m.forget();
+    }
+  }
+
+ public:
   // Linear memory right after _initialize (FreshState::Reset). One per skill, shared by
   // its instances: instances of one module are alike after _initialize, and a private
   // copy each cost 1,000 concurrent calls ~190 MB of page-faulting copies.

@@ -146,3 +146,31 @@ TEST_F(RuntimeFixture, AnOutputBufferCountsAgainstTheMemoryLimitAndComesBackOnFa
   EXPECT_EQ(slots.lent(), 0u);
   rt_->set_output_source(nullptr);
 }
+
+// The pages grown for an output are kept with the instance and used again: a Reset
+// instance that only grew by them is reset and pooled (no new instance per call), a
+// Reuse instance does not grow by another output's worth each call, and the next call
+// sees them zero.
+TEST_F(RuntimeFixture, OutputPagesAreReusedAndZeroForTheNextCall) {
+  TestSlots slots;
+  for (bool with_slots : {false, true}) {
+    rt_->set_output_source(with_slots ? &slots : nullptr);
+    for (auto fresh : {runtime::FreshState::Reset, runtime::FreshState::Reuse}) {
+      runtime::SkillLimits lim;
+      lim.max_memory_mb = 8;
+      lim.fresh = fresh;
+      ASSERT_TRUE(rt_->load_file("mb", skill_path("make_bytes"), lim).ok());
+      ASSERT_EQ(*call("mb", "4000000"), pattern(4'000'000));
+      const auto before = rt_->stats().instantiations;
+      for (int i = 0; i < 10; ++i) {
+        auto r = call("mb", i % 2 ? "4000000" : "4000000,check");
+        ASSERT_TRUE(r.ok()) << "slots " << with_slots << " reuse " << (fresh == runtime::FreshState::Reuse) << " call " << i
+                            << ": " << r.error().to_string();
+        ASSERT_EQ(*r, pattern(4'000'000));
+      }
+      EXPECT_EQ(rt_->stats().instantiations, before) << "slots " << with_slots << ": the instance was kept";
+    }
+  }
+  rt_->set_output_source(nullptr);
+  EXPECT_EQ(slots.lent(), 0u);
+}

@@ -87,6 +87,8 @@ struct PooledInstance {
   OutputBuffer output;
   uint64_t output_offset = 0;
   uint8_t* output_base = nullptr;
+  // The pages grown for outputs, kept for the next one (zero between calls).
+  uint64_t output_region_offset = 0, output_region_bytes = 0;
   uint64_t window_offset = 0;      // where in the memory those pages start
   uint64_t window_bytes = 0;       // how many (>= the window's length); 0: no window
   uint8_t* window_base = nullptr;  // the memory's start when they were grown

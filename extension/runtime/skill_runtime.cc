@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -595,8 +596,17 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
       // A normal return restored the shadow stack; restoring memory restores the rest.
       // Grown memory cannot shrink, so such an instance is dropped instead.
       auto mem = c.inst.inst->memory();
-      if (c.inst.snapshot && mem.size() == c.inst.snapshot->size()) {
-        std::memcpy(mem.data(), c.inst.snapshot->data(), mem.size());
+      auto& p = c.inst;
+      if (p.snapshot && mem.size() == p.snapshot->size()) {
+        std::memcpy(mem.data(), p.snapshot->data(), mem.size());
+        stats_.resets++;
+        keep = true;
+      } else if (p.snapshot && p.output_region_bytes && p.output_region_offset == p.snapshot->size() &&
+                 mem.size() == p.output_region_offset + p.output_region_bytes && mem.data() == p.output_base) {
+        // Grown only by the pages of an output buffer (output_buffer.h), which are zero
+        // again, or made so: the rest is reset, and they wait for the next output.
+        std::memcpy(mem.data(), p.snapshot->data(), p.snapshot->size());
+        madvise(mem.data() + p.output_region_offset, p.output_region_bytes, MADV_DONTNEED);
         stats_.resets++;
         keep = true;
       }
@@ -605,7 +615,9 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
       c.inst.account();
       s.pool.push_back(std::move(c.inst));
     }
-    if (c.inst.inst && c.inst.inst->memory().size() - c.inst.window_bytes >= kReclaimBytes) c.inst.drop();
+    if (c.inst.inst && c.inst.inst->memory().size() - c.inst.window_bytes - c.inst.output_region_bytes >= kReclaimBytes) {
+      c.inst.drop();
+    }
   }
   // Large memories were dropped (a grown instance, a trap, a timeout, an eviction):
   // without a GC they stay resident until V8 gets round to it. Past 16 MiB at any time;
@@ -650,12 +662,23 @@ int32_t SkillRuntime::open_output_buffer(Call& c, uint32_t len) {
     if (slot) output_source_->release(slot->token);
     return 0;
   };
-  auto before = c.inst.inst->grow_memory(pages);
-  if (!before.ok()) return give_back();  // past the skill's memory limit: the skill sees 0, as from malloc
-  c.inst.account();
-  if (!within_memory_limit()) return give_back();
-  auto mem = c.inst.inst->memory();
-  const uint64_t at = uint64_t{before.value()} * kWasmPage;
+  PooledInstance& p = c.inst;
+  uint64_t at = 0;
+  if (p.output_region_bytes >= uint64_t{pages} * kWasmPage && p.inst->memory().data() == p.output_base &&
+      p.output_region_offset + p.output_region_bytes <= p.inst->memory().size()) {
+    // The pages an earlier call grew for its output: used again, not grown again (zero:
+    // its output went back to anonymous memory; plain bytes are zeroed below).
+    at = p.output_region_offset;
+  } else {
+    auto before = p.inst->grow_memory(pages);
+    if (!before.ok()) return give_back();  // past the skill's memory limit: the skill sees 0, as from malloc
+    p.account();
+    if (!within_memory_limit()) return give_back();
+    at = uint64_t{before.value()} * kWasmPage;
+    p.output_region_offset = at;
+    p.output_region_bytes = uint64_t{pages} * kWasmPage;
+  }
+  auto mem = p.inst->memory();
   if (at + uint64_t{pages} * kWasmPage > mem.size()) return give_back();
   if (slot) {
     bool broken = false;
@@ -667,6 +690,7 @@ int32_t SkillRuntime::open_output_buffer(Call& c, uint32_t len) {
     }
     c.inst.output = std::move(b.value());
   } else {
+    std::memset(mem.data() + at, 0, len);  // a reused region may hold the last plain output
     c.inst.output = OutputBuffer::plain(mem.data() + at, len);
   }
   c.inst.output_offset = at;

@@ -683,12 +683,16 @@ int32_t SkillRuntime::open_output_buffer(Call& c, uint32_t len) {
   if (slot) {
     bool broken = false;
     auto b = OutputBuffer::map(mem.data() + at, *slot, len, output_source_, &broken);
-    if (!b.ok()) {
+    if (b.ok()) {
+      c.inst.output = std::move(b.value());
+    } else {
       give_back();
       if (broken) throw engine::HostTrap{b.take_error()};  // the instance is dropped with the trap
-      return 0;
+      // mremap refused (MREMAP_DONTUNMAP of a shared mapping needs Linux 5.13): the
+      // skill's own pages instead, copied once on the way out.
+      std::memset(mem.data() + at, 0, len);
+      c.inst.output = OutputBuffer::plain(mem.data() + at, len);
     }
-    c.inst.output = std::move(b.value());
   } else {
     std::memset(mem.data() + at, 0, len);  // a reused region may hold the last plain output
     c.inst.output = OutputBuffer::plain(mem.data() + at, len);

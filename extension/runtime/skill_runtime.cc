@@ -664,10 +664,11 @@ int32_t SkillRuntime::open_output_buffer(Call& c, uint32_t len) {
   };
   PooledInstance& p = c.inst;
   uint64_t at = 0;
+  bool grown = false;  // fresh pages are zero already; reused ones may hold a plain output
   if (p.output_region_bytes >= uint64_t{pages} * kWasmPage && p.inst->memory().data() == p.output_base &&
       p.output_region_offset + p.output_region_bytes <= p.inst->memory().size()) {
-    // The pages an earlier call grew for its output: used again, not grown again (zero:
-    // its output went back to anonymous memory; plain bytes are zeroed below).
+    // The pages an earlier call grew for its output: used again, not grown again (a
+    // slot's pages went back to anonymous memory; plain bytes are zeroed by plain()).
     at = p.output_region_offset;
   } else {
     auto before = p.inst->grow_memory(pages);
@@ -675,11 +676,16 @@ int32_t SkillRuntime::open_output_buffer(Call& c, uint32_t len) {
     p.account();
     if (!within_memory_limit()) return give_back();
     at = uint64_t{before.value()} * kWasmPage;
+    grown = true;
     p.output_region_offset = at;
     p.output_region_bytes = uint64_t{pages} * kWasmPage;
   }
   auto mem = p.inst->memory();
   if (at + uint64_t{pages} * kWasmPage > mem.size()) return give_back();
+  auto plain = [&] {
+    if (!grown) std::memset(mem.data() + at, 0, len);
+    c.inst.output = OutputBuffer::plain(mem.data() + at, len);
+  };
   if (slot) {
     bool broken = false;
     auto b = OutputBuffer::map(mem.data() + at, *slot, len, output_source_, &broken);
@@ -690,12 +696,10 @@ int32_t SkillRuntime::open_output_buffer(Call& c, uint32_t len) {
       if (broken) throw engine::HostTrap{b.take_error()};  // the instance is dropped with the trap
       // mremap refused (MREMAP_DONTUNMAP of a shared mapping needs Linux 5.13): the
       // skill's own pages instead, copied once on the way out.
-      std::memset(mem.data() + at, 0, len);
-      c.inst.output = OutputBuffer::plain(mem.data() + at, len);
+      plain();
     }
   } else {
-    std::memset(mem.data() + at, 0, len);  // a reused region may hold the last plain output
-    c.inst.output = OutputBuffer::plain(mem.data() + at, len);
+    plain();
   }
   c.inst.output_offset = at;
   c.inst.output_base = mem.data();

@@ -1,5 +1,6 @@
 // skill_bench: what a skill costs inside one extension, no IPC: compile, load
 // (parse + limit + compile + first instance), and a call under each fresh-state mode.
+#include <algorithm>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <uv.h>
@@ -27,6 +28,9 @@ int main(int argc, char** argv) {
   app.add_option("--skills", skills, "Skills to measure")->capture_default_str();
   app.add_option("-n,--iterations", iters, "Measured iterations per figure")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--json", json_path, "Also write the results as JSON to this file");
+  std::vector<std::string> modes = {"reuse", "reset", "reinstantiate"};
+  app.add_option("--modes", modes, "Fresh-state modes to measure")->capture_default_str()
+      ->check(CLI::IsMember({"reuse", "reset", "reinstantiate"}));
   CLI11_PARSE(app, argc, argv);
 
   uv_loop_t loop;
@@ -46,7 +50,7 @@ int main(int argc, char** argv) {
       }
       auto limited = runtime::limit_memory(bytes, 1024);
       std::vector<double> compile, load;
-      for (int i = 0; i < std::max(5, iters / 10); ++i) {
+      for (int i = 0; i < std::clamp(iters / 10, 5, 200); ++i) {
         auto t = Clock::now();
         auto m = engine->compile(limited.value());
         compile.push_back(us_since(t) / 1000);
@@ -62,6 +66,7 @@ int main(int argc, char** argv) {
       for (auto [mode, label] : {std::pair{runtime::FreshState::Reuse, "reuse"},
                                  std::pair{runtime::FreshState::Reset, "reset"},
                                  std::pair{runtime::FreshState::Reinstantiate, "reinstantiate"}}) {
+        if (std::find(modes.begin(), modes.end(), label) == modes.end()) continue;
         runtime::SkillLimits lim;
         lim.fresh = mode;
         std::string sk = name + "_" + label;

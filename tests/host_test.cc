@@ -159,6 +159,37 @@ TEST_P(HostTest, EverySampleSkillThroughTheHost) {
   EXPECT_EQ(*ext.call("echo", "after trap"), "after trap");
 }
 
+uint64_t vm_size_kb(int pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(f, line);) {
+    if (line.rfind("VmSize:", 0) == 0) return std::stoull(line.substr(7));
+  }
+  return 0;
+}
+
+TEST_P(HostTest, EngineOptionsReachEachExtension) {
+  // Guard regions reserve ~10 GiB of address space per live instance; without them the
+  // same skills run with bounds checks and no reservation. Lazy compilation and no
+  // tier-up change how code is compiled, not what it does.
+  Host h(opts());
+  ExtensionOptions plain, lean;
+  lean.engine = EngineOptions{.lazy_compilation = true, .tier_up = false, .guard_regions = GuardRegions::Off};
+  auto a = spawn(h, "guarded", plain);
+  auto b = spawn(h, "lean", lean);
+  for (auto* e : {&a, &b}) {
+    for (auto n : {"echo", "sum", "greet", "trap"}) ASSERT_TRUE(e->load_skill(n, skill(n)).ok()) << n;
+    EXPECT_EQ(*e->call("echo", "x"), "x");
+    EXPECT_EQ(le64(*e->call("sum", std::string(1000, '\x02'))), 2000u);
+    EXPECT_EQ(*e->call("greet", "Ada,512,5"), "Hello, Ada!");
+    auto t = e->call("trap", "oob");
+    ASSERT_FALSE(t.ok());
+    EXPECT_EQ(t.error().trap, TrapKind::MemoryOutOfBounds) << e->name();
+  }
+  const uint64_t guarded = vm_size_kb(a.pid()), lean_kb = vm_size_kb(b.pid());
+  EXPECT_GE(guarded, 10ull << 20) << "4 skills' instances with guard regions: 10 GiB each";
+  EXPECT_LT(lean_kb + (20ull << 20), guarded) << "without them: no 10 GiB reservations";
+}
+
 TEST_P(HostTest, StatsCountEveryOutcomeAndMetricsTextListsThem) {
   Host h(opts());
   auto ext = spawn(h, "counted");

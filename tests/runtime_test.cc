@@ -265,6 +265,34 @@ TEST_F(RuntimeFixture, ResetReusesInstancesInsteadOfInstantiating) {
   EXPECT_GE(rt_->stats().resets, 50u);
 }
 
+TEST_F(RuntimeFixture, TrimmedIdleInstancesComeBackFresh) {
+  load("counter");
+  load("greet");
+  ASSERT_EQ(*call("counter", ""), "1");
+  ASSERT_EQ(*call("greet", "Ada"), "Hello, Ada!");
+  const auto inst = rt_->stats().instantiations;
+  EXPECT_EQ(rt_->trim_idle(std::chrono::hours(1)), 0u) << "nothing has been idle that long";
+  EXPECT_EQ(rt_->trim_idle(std::chrono::seconds(0)), 2u);
+  EXPECT_EQ(rt_->trim_idle(std::chrono::seconds(0)), 0u) << "already trimmed";
+  // The trimmed instances are used again (no new instance), with the state _initialize
+  // left and nothing of the calls before.
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(*call("counter", ""), "1");
+    EXPECT_EQ(*call("greet", "Bo"), "Hello, Bo!");
+    rt_->trim_idle(std::chrono::seconds(0));
+  }
+  EXPECT_EQ(rt_->stats().instantiations, inst);
+}
+
+TEST_F(RuntimeFixture, ReuseModeInstancesAreNeverTrimmed) {
+  runtime::SkillLimits lim;
+  lim.fresh = runtime::FreshState::Reuse;
+  load("counter", lim);
+  EXPECT_EQ(*call("counter", ""), "1");
+  EXPECT_EQ(rt_->trim_idle(std::chrono::seconds(0)), 0u);
+  EXPECT_EQ(*call("counter", ""), "2") << "the state the author asked to keep";
+}
+
 TEST_F(RuntimeFixture, ThousandSequentialCallsDoNotGrowRss) {
   // Bound: after a warm-up of 200 calls, 1,000 more calls (fresh instance state each,
   // incl. reinstantiation and 2 MiB allocations) grow RSS by less than 32 MiB.

@@ -157,6 +157,15 @@ int run_cli(int argc, char** argv) {
       ->capture_default_str()->check(CLI::IsMember({"on", "off"}));
   srv->add_option("--sandbox-user", sandbox_user, "UID:GID to run as when started as root");
   srv->add_option("--readable", so.sandbox.readable, "A path the extension may read (repeatable)");
+  std::string lazy = "off", tier_up = "on";
+  srv->add_option("--lazy-compilation", lazy, "on: compile each function at its first call")
+      ->capture_default_str()->check(CLI::IsMember({"on", "off"}));
+  srv->add_option("--tier-up", tier_up, "off: Liftoff code only, no background TurboFan")
+      ->capture_default_str()->check(CLI::IsMember({"on", "off"}));
+  srv->add_option("--guard-regions", so.guard_regions,
+                  "on: MMU bounds checks (~10 GiB of address space per instance); off: explicit checks; "
+                  "auto: on unless RLIMIT_AS cannot hold them")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
   srv->add_option("--shm-output-min-bytes", so.shm_output_min_bytes,
                   "Outputs at least this large return in shared memory")->capture_default_str();
 
@@ -185,6 +194,8 @@ int run_cli(int argc, char** argv) {
   if (srv->parsed()) {
     so.encoding = *proto::parse_encoding(transport);
     so.sandbox.enabled = sandbox_mode == "on";
+    so.lazy_compilation = lazy == "on";
+    so.tier_up = tier_up == "on";
     so.sandbox.last_words_fd = so.side_fd;
     if (!sandbox_user.empty()) {
       unsigned uid = 0, gid = 0;

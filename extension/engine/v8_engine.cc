@@ -9,6 +9,7 @@
 #include <v8-wasm.h>
 #include <v8.h>
 
+#include <array>
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -16,6 +17,7 @@
 #include <unordered_map>
 
 #include "engine/engine.h"
+#include "engine/import_shim.h"
 
 static_assert(V8_MAJOR_VERSION == 10 && V8_MINOR_VERSION == 2,
               "Airlock needs V8 10.2 (Debian libnode108), not the nodejs headers in /usr/include/node");
@@ -29,6 +31,8 @@ void init_v8_once(const EngineConfig& config) {
   static std::once_flag once;
   std::call_once(once, [&] {
     // Flags are process-wide and must precede V8::Initialize (they key code caches too).
+    if (config.lazy_compilation) v8::V8::SetFlagsFromString("--wasm-lazy-compilation");
+    if (!config.tier_up) v8::V8::SetFlagsFromString("--no-wasm-tier-up --no-wasm-dynamic-tiering");
     if (config.trap_handler) v8::V8::EnableWebAssemblyTrapHandler(/*use_v8_signal_handler=*/true);
     g_platform = v8::platform::NewDefaultPlatform(/*thread_pool_size=*/1);
     v8::V8::InitializePlatform(g_platform.get());
@@ -70,6 +74,7 @@ class V8Module final : public Module {
   V8Module(V8Engine* engine, v8::Isolate* iso, v8::Local<v8::WasmModuleObject> m)
       : engine_(engine), module_(iso, m) {}
   Result<std::unique_ptr<Instance>> instantiate() override;
+  std::span<const uint8_t> wire_bytes() override;
 
  private:
   V8Engine* engine_;
@@ -128,6 +133,7 @@ class V8Engine final : public Engine, public Caller {
     {
       v8::HandleScope hs(iso_);
       host_fn_templates_.clear();
+      shim_exports_.Reset();
       instance_ctor_.Reset();
       module_imports_.Reset();
       context_.Get(iso_)->Exit();
@@ -140,6 +146,7 @@ class V8Engine final : public Engine, public Caller {
   void define(HostFunction fn) override {
     std::string key = fn.module + "." + fn.name;
     host_fns_[key] = std::make_unique<HostFunction>(std::move(fn));
+    shim_exports_.Reset();  // rebuilt with the new function on the next instantiation
   }
 
   Result<std::shared_ptr<Module>> compile(std::span<const uint8_t> wasm) override {
@@ -202,15 +209,50 @@ class V8Engine final : public Engine, public Caller {
         ns = v8::Object::New(iso_);
         imports->Set(ctx, str(iso_, mod), ns).Check();
       }
-      ns->Set(ctx, str(iso_, nm), host_function(it->second.get())).Check();
+      auto f = shim_function(it->second.get());
+      if (!f.ok()) return f.take_error();
+      ns->Set(ctx, str(iso_, nm), *f).Check();
     }
     return imports;
+  }
+
+  // The shim's export forwarding to `fn` (import_shim.h), instantiating the shim with
+  // every host function defined so far on first use.
+  Result<v8::Local<v8::Function>> shim_function(HostFunction* fn) {
+    auto ctx = context();
+    if (shim_exports_.IsEmpty()) {
+      std::vector<FuncType> types;
+      shim_index_.clear();
+      auto h = v8::Object::New(iso_);
+      for (auto& [key, f] : host_fns_) {
+        h->Set(ctx, str(iso_, std::to_string(types.size())), host_function(f.get())).Check();
+        shim_index_[f.get()] = static_cast<uint32_t>(types.size());
+        types.push_back(f->type);
+      }
+      const auto bytes = encode_import_shim(types);
+      v8::TryCatch tc(iso_);
+      auto m = v8::WasmModuleObject::Compile(iso_, v8::MemorySpan<const uint8_t>(bytes.data(), bytes.size()));
+      auto imports = v8::Object::New(iso_);
+      imports->Set(ctx, str(iso_, "h"), h).Check();
+      v8::Local<v8::WasmModuleObject> module;
+      v8::Local<v8::Object> inst;
+      if (!m.ToLocal(&module) ||
+          !instance_ctor_.Get(iso_)->NewInstance(ctx, 2, std::array<v8::Local<v8::Value>, 2>{module, imports}.data()).ToLocal(&inst)) {
+        return make_error(Code::Internal, "the host-import shim did not build: " + to_utf8(iso_, tc.Exception()));
+      }
+      shim_exports_.Reset(iso_, inst->Get(ctx, str(iso_, "exports")).ToLocalChecked().As<v8::Object>());
+    }
+    auto v = shim_exports_.Get(iso_)->Get(ctx, str(iso_, std::to_string(shim_index_.at(fn)))).ToLocalChecked();
+    return v.As<v8::Function>();
   }
 
   v8::Local<v8::Function> host_function(HostFunction* fn) {
     auto& tmpl = host_fn_templates_[fn];
     if (tmpl.IsEmpty()) {
-      tmpl.Reset(iso_, v8::FunctionTemplate::New(iso_, &V8Engine::trampoline, v8::External::New(iso_, fn)));
+      // `length` = the wasm arity, so the wrapper V8 compiles for the shim's import is
+      // the arity-matching one it already compiled with the module (not a second).
+      tmpl.Reset(iso_, v8::FunctionTemplate::New(iso_, &V8Engine::trampoline, v8::External::New(iso_, fn), {},
+                                                 static_cast<int>(fn->type.params.size())));
     }
     return tmpl.Get(iso_)->GetFunction(context()).ToLocalChecked();
   }
@@ -279,6 +321,8 @@ class V8Engine final : public Engine, public Caller {
   v8::Global<v8::Function> module_imports_;
   std::unordered_map<std::string, std::unique_ptr<HostFunction>> host_fns_;
   std::unordered_map<HostFunction*, v8::Global<v8::FunctionTemplate>> host_fn_templates_;
+  v8::Global<v8::Object> shim_exports_;  // empty until first needed, and after define()
+  std::unordered_map<HostFunction*, uint32_t> shim_index_;
 
  public:
   void bind_isolate_data() { iso_->SetData(0, this); }
@@ -309,6 +353,14 @@ Result<std::unique_ptr<Instance>> V8Module::instantiate() {
   }
   auto exports = inst.ToLocalChecked()->Get(ctx, str(iso, "exports")).ToLocalChecked().As<v8::Object>();
   return std::unique_ptr<Instance>(std::make_unique<V8Instance>(engine_, iso, exports));
+}
+
+std::span<const uint8_t> V8Module::wire_bytes() {
+  auto* iso = engine_->isolate();
+  v8::HandleScope hs(iso);
+  // The span points into the NativeModule, which this module object keeps alive.
+  auto bytes = module_.Get(iso)->GetCompiledModule().GetWireBytesRef();
+  return {bytes.data(), bytes.size()};
 }
 
 V8Instance::V8Instance(V8Engine* engine, v8::Isolate* iso, v8::Local<v8::Object> exports)

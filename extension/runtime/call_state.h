@@ -8,6 +8,7 @@
 
 #include "airlock/loop_timer.h"
 #include "runtime/input_window.h"
+#include "runtime/memory_snapshot.h"
 #include "runtime/output_buffer.h"
 #include "runtime/skill_runtime.h"
 #include "runtime/wasm_info.h"
@@ -126,7 +127,11 @@ struct PooledInstance {
   // Linear memory right after _initialize (FreshState::Reset). One per skill, shared by
   // its instances: instances of one module are alike after _initialize, and a private
   // copy each cost 1,000 concurrent calls ~190 MB of page-faulting copies.
-  std::shared_ptr<const std::vector<uint8_t>> snapshot;
+  std::shared_ptr<const MemorySnapshot> snapshot;
+  // Pooled: since when; trimmed: its memory was given back (SkillRuntime::trim_idle), so
+  // it is all zero until the snapshot is restored onto it when it is next taken.
+  std::chrono::steady_clock::time_point idle_since{};
+  bool trimmed = false;
 };
 
 struct SkillRuntime::Skill {
@@ -138,17 +143,17 @@ struct SkillRuntime::Skill {
   bool asyncified = false;
   bool has_initialize = false;
   std::vector<PooledInstance> pool;
-  std::shared_ptr<const std::vector<uint8_t>> snapshot;  // taken from the first instance
-  // The module as loaded (limits applied), and a variant with room for a mapped input of
-  // `window_module_pages` pages (compiled on the first such call, kept for the next).
-  std::vector<uint8_t> bytes;
+  std::shared_ptr<const MemorySnapshot> snapshot;  // taken from the first instance
+  // A variant of the module (as loaded, limits applied: module->wire_bytes()) with room
+  // for a mapped input of `window_module_pages` pages (compiled on the first such call,
+  // kept for the next).
   std::shared_ptr<engine::Module> window_module;
   uint32_t window_module_pages = 0;
   // Idle instances of that variant, reset (memory as after _initialize, window pages
   // zero): the next mapped call skips instantiation, the memory growth and the GC that
   // dropping them needs (~0.5 ms of a 0.6 ms call on 50 MiB).
   std::vector<PooledInstance> window_pool;
-  std::shared_ptr<const std::vector<uint8_t>> window_snapshot;  // the variant's memory after _initialize
+  std::shared_ptr<const MemorySnapshot> window_snapshot;  // the variant's memory after _initialize
   std::string stdout_line, stderr_line;  // partial lines written by _initialize
   uint32_t init_log_lines = 0;           // lines logged by _initialize (same budget as a call)
 };

@@ -174,7 +174,6 @@ Status SkillRuntime::load(const std::string& name, std::span<const uint8_t> wasm
   auto module = engine_->compile(limited.value());
   if (!module.ok()) return skill_error(name, Code::InvalidArgument, module.error().message);
   skill->module = std::move(module.value());
-  skill->bytes = std::move(limited.value());  // for the variant with an input window
 
   // Instantiate once now: proves linking and _initialize, and warms the pool.
   if (auto st = add_instance(*skill); !st.ok()) return st;
@@ -226,11 +225,32 @@ Status SkillRuntime::add_instance(Skill& s) {
   if (!p.ok()) return p.take_error();
   if (s.limits.fresh == FreshState::Reset) {
     auto mem = p->inst->memory();
-    if (!s.snapshot) s.snapshot = std::make_shared<const std::vector<uint8_t>>(mem.begin(), mem.end());
+    if (!s.snapshot) s.snapshot = std::make_shared<const MemorySnapshot>(mem);
     p->snapshot = s.snapshot;
   }
-  s.pool.push_back(std::move(p.value()));
+  pool(s, std::move(p.value()));
   return ok_status();
+}
+
+void SkillRuntime::pool(Skill& s, PooledInstance p) {
+  p.idle_since = Clock::now();
+  p.account();
+  s.pool.push_back(std::move(p));
+}
+
+size_t SkillRuntime::trim_idle(std::chrono::steady_clock::duration idle_for) {
+  const auto before = Clock::now() - idle_for;
+  size_t n = 0;
+  for (auto& [name, s] : skills_) {
+    for (auto& p : s->pool) {
+      if (p.trimmed || !p.snapshot || !p.inst || p.idle_since > before) continue;
+      auto mem = p.inst->memory();
+      if (madvise(mem.data(), mem.size(), MADV_DONTNEED) != 0) continue;
+      p.trimmed = true;
+      ++n;
+    }
+  }
+  return n;
 }
 
 // Instantiates `module` (the skill's, or its variant with room for an input window),
@@ -343,6 +363,10 @@ void SkillRuntime::start(Call& c) {
   }
   c.inst = std::move(s.pool.back());
   s.pool.pop_back();
+  if (c.inst.trimmed) {
+    c.inst.snapshot->restore_onto_zero(c.inst.inst->memory().first(c.inst.snapshot->size()));
+    c.inst.trimmed = false;
+  }
   c.inst.binding->call = &c;
 
   const std::span<const uint8_t> in =
@@ -402,7 +426,7 @@ void SkillRuntime::start_mapped(Call& c) {
   // 64 MiB, say), unless that would not fit: the pages past the input stay zero.
   const uint64_t pages = std::min<uint64_t>(std::bit_ceil(need), 65536 - s.max_pages);
   if (!s.window_module || s.window_module_pages != pages) {
-    auto bytes = limit_memory(s.bytes, s.max_pages, static_cast<uint32_t>(pages));
+    auto bytes = limit_memory(s.module->wire_bytes(), s.max_pages, static_cast<uint32_t>(pages));
     if (!bytes.ok()) return finish(c, skill_error(s.name, bytes.error().code, bytes.error().message));
     auto m = engine_->compile(bytes.value());
     if (!m.ok()) return finish(c, skill_error(s.name, Code::Internal, "input window variant: " + m.error().message));
@@ -420,7 +444,7 @@ void SkillRuntime::start_mapped(Call& c) {
     c.inst = std::move(fresh.value());
     if (s.limits.fresh == FreshState::Reset && !s.window_snapshot) {
       auto mem = c.inst.inst->memory();
-      s.window_snapshot = std::make_shared<const std::vector<uint8_t>>(mem.begin(), mem.end());
+      s.window_snapshot = std::make_shared<const MemorySnapshot>(mem.first(mem.size()));
     }
     auto before = c.inst.inst->grow_memory(static_cast<uint32_t>(pages));
     if (!before.ok()) {
@@ -583,7 +607,7 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
                             mem.size() == c.inst.window_offset + c.inst.window_bytes && s.window_pool.size() < kWindowPoolMax;
       if (!reusable || c.input_view.keep.use_count() <= 1 || !c.inst.window.settle()) c.inst.unmap_window();
       if (reusable) {
-        std::memcpy(mem.data(), snap->data(), snap->size());
+        snap->restore(mem.first(snap->size()));
         stats_.resets++;
         c.inst.account();
         s.window_pool.push_back(std::move(c.inst));
@@ -598,23 +622,20 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
       auto mem = c.inst.inst->memory();
       auto& p = c.inst;
       if (p.snapshot && mem.size() == p.snapshot->size()) {
-        std::memcpy(mem.data(), p.snapshot->data(), mem.size());
+        p.snapshot->restore(mem);
         stats_.resets++;
         keep = true;
       } else if (p.snapshot && p.output_region_bytes && p.output_region_offset == p.snapshot->size() &&
                  mem.size() == p.output_region_offset + p.output_region_bytes && mem.data() == p.output_base) {
         // Grown only by the pages of an output buffer (output_buffer.h), which are zero
         // again, or made so: the rest is reset, and they wait for the next output.
-        std::memcpy(mem.data(), p.snapshot->data(), p.snapshot->size());
+        p.snapshot->restore(mem.first(p.snapshot->size()));
         madvise(mem.data() + p.output_region_offset, p.output_region_bytes, MADV_DONTNEED);
         stats_.resets++;
         keep = true;
       }
     }
-    if (keep && s.pool.size() < kPoolMax) {
-      c.inst.account();
-      s.pool.push_back(std::move(c.inst));
-    }
+    if (keep && s.pool.size() < kPoolMax) pool(s, std::move(c.inst));
     if (c.inst.inst && c.inst.inst->memory().size() - c.inst.window_bytes - c.inst.output_region_bytes >= kReclaimBytes) {
       c.inst.drop();
     }

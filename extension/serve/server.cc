@@ -4,8 +4,10 @@
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -20,6 +22,21 @@
 
 namespace airlock::serve {
 namespace {
+
+// Guard regions reserve ~10 GiB of address space per live wasm memory (8 GiB of
+// addressable range plus guards, V8 10.2). They fit unless RLIMIT_AS is below what
+// `instances` of them need, with 8 GiB for everything else.
+// A warm instance idle this long gives its memory back; checked as often. The next call
+// on it then restores the skill's snapshot onto zero pages (~3 us more for the sample).
+constexpr uint64_t kTrimIdleMs = 5000;
+constexpr std::chrono::milliseconds kTrimIdle{kTrimIdleMs};
+
+bool guard_regions_fit(uint32_t instances) {
+  rlimit as{};
+  if (getrlimit(RLIMIT_AS, &as) != 0 || as.rlim_cur == RLIM_INFINITY) return true;
+  constexpr uint64_t kPerInstance = 10ull << 30, kRest = 8ull << 30;
+  return as.rlim_cur >= kRest + uint64_t(instances) * kPerInstance;
+}
 
 using proto::Frame;
 
@@ -46,9 +63,24 @@ class Server {
     uv_loop_init(&loop_);
     uv_timer_init(&loop_, &gone_timer_);
     gone_timer_.data = this;
+    // Warm instances left idle give their memory back (SkillRuntime::trim_idle). Unref'd:
+    // it never keeps the loop alive on its own.
+    uv_timer_init(&loop_, &trim_timer_);
+    trim_timer_.data = this;
+    uv_timer_start(&trim_timer_, [](uv_timer_t* t) { static_cast<Server*>(t->data)->runtime_->trim_idle(kTrimIdle); },
+                   kTrimIdleMs, kTrimIdleMs);
+    uv_unref(reinterpret_cast<uv_handle_t*>(&trim_timer_));
     runtime::RuntimeLimits limits;
     limits.max_memory_bytes = uint64_t(o.max_total_memory_mb) << 20;
-    runtime_ = std::make_unique<runtime::SkillRuntime>(&loop_, engine::EngineConfig{}, limits);
+    engine::EngineConfig ec;
+    ec.lazy_compilation = o.lazy_compilation;
+    ec.tier_up = o.tier_up;
+    ec.trap_handler = o.guard_regions == "on" || (o.guard_regions == "auto" && guard_regions_fit(limits.max_instances));
+    if (!ec.trap_handler) limits.max_instances = limits.max_calls_in_flight;
+    spdlog::debug("engine: guard regions {}, lazy compilation {}, tier-up {}, at most {} instances",
+                  ec.trap_handler ? "on" : "off", ec.lazy_compilation ? "on" : "off", ec.tier_up ? "on" : "off",
+                  limits.max_instances);
+    runtime_ = std::make_unique<runtime::SkillRuntime>(&loop_, ec, limits);
     if (o.side_fd >= 0) runtime_->set_output_source(&out_slots_);
     channel_ = proto::make_channel(o.encoding, proto::Role::Extension, &loop_, o.fd, o.max_frame_bytes);
     if (o.side_fd >= 0) {
@@ -320,6 +352,7 @@ class Server {
     stop_side();
     channel_->close();
     uv_close(reinterpret_cast<uv_handle_t*>(&gone_timer_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&trim_timer_), nullptr);
     uv_stop(&loop_);
   }
 
@@ -346,6 +379,7 @@ class Server {
   uint64_t next_host_call_ = 1;
   std::unique_ptr<uv_timer_t> drain_timer_;
   uv_timer_t gone_timer_{};  // defers shutdown after the host went away
+  uv_timer_t trim_timer_{};  // every kTrimIdleMs: trims warm instances idle that long
   shm::FdChannel side_;
   shm::Registry shm_;  // buffers the host shared with us (sealed: we cannot write them)
   std::unique_ptr<uv_poll_t> side_poll_;

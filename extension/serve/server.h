@@ -23,6 +23,9 @@ struct ServeOptions {
   uint32_t shm_output_min_bytes = 64 * 1024;  // larger outputs go back in shared memory
   uint32_t max_total_memory_mb = 2048;  // linear memory of all instances together (RuntimeLimits)
   sandbox::Policy sandbox;
+  bool lazy_compilation = false;  // engine::EngineConfig
+  bool tier_up = true;
+  std::string guard_regions = "auto";  // auto, on, off (airlock::GuardRegions)
 };
 
 // Serves until the host says Shutdown or goes away. Returns the process exit code.

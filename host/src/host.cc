@@ -16,6 +16,9 @@
 namespace airlock {
 
 std::string_view to_string(Transport t) { return t == Transport::Grpc ? "grpc" : "msgpack"; }
+std::string_view to_string(GuardRegions g) {
+  return g == GuardRegions::On ? "on" : g == GuardRegions::Off ? "off" : "auto";
+}
 
 namespace detail {
 

@@ -40,6 +40,9 @@ void HostImpl::start_process(const std::shared_ptr<ExtensionState>& e) {
     argv.insert(argv.end(), {"--sandbox-user", std::to_string(opts.sandbox.uid) + ":" + std::to_string(opts.sandbox.gid)});
   }
   for (const auto& p : e->opts.readable) argv.insert(argv.end(), {"--readable", p});
+  const EngineOptions& eng = e->opts.engine ? *e->opts.engine : opts.engine;
+  argv.insert(argv.end(), {"--lazy-compilation", eng.lazy_compilation ? "on" : "off", "--tier-up",
+                           eng.tier_up ? "on" : "off", "--guard-regions", std::string(to_string(eng.guard_regions))});
   auto side = shm::FdChannel::pair();
   if (!side.ok()) {
     if (e->on_ready) std::exchange(e->on_ready, nullptr)(side.take_error());

@@ -37,6 +37,13 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 64 << 20));
   run->add_option("--transport", transport, "msgpack or grpc")->capture_default_str()->check(CLI::IsMember({"msgpack", "grpc"}));
   run->add_option("--skill", ro.skill_wasm, "The sample skill (input ARG,MEM_KB,WAIT_MS)")->capture_default_str();
+  run->add_flag("--lazy-compilation", ro.engine.lazy_compilation, "Extensions compile each function at its first call");
+  bool no_tier_up = false;
+  run->add_flag("--no-tier-up", no_tier_up, "Extensions run Liftoff code only (no background TurboFan)");
+  std::string guards = "auto";
+  run->add_option("--guard-regions", guards, "auto, on or off (airlock::GuardRegions)")->capture_default_str()
+      ->check(CLI::IsMember({"auto", "on", "off"}));
+  run->add_flag("--distinct", ro.distinct, "Make every added skill a distinct module (a custom section naming it), so each is compiled");
   run->add_option("--extension-binary", ro.extension_binary, "airlock-extension to run (default: the library's choice)");
 
   std::string log_a, log_b;
@@ -56,6 +63,10 @@ int main(int argc, char** argv) {
   }
   if (run->parsed()) {
     ro.transport = transport == "grpc" ? airlock::Transport::Grpc : airlock::Transport::Msgpack;
+    ro.engine.tier_up = !no_tier_up;
+    ro.engine.guard_regions = guards == "on"    ? airlock::GuardRegions::On
+                              : guards == "off" ? airlock::GuardRegions::Off
+                                                : airlock::GuardRegions::Auto;
     auto log = ctl::run_script(ro, std::cerr);
     if (!log.ok()) {
       std::cerr << "airlockctl: " << log.error().message << "\n";

@@ -2,8 +2,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
+
+#include <unistd.h>
 
 namespace airlock::ctl {
 
@@ -30,6 +33,21 @@ TreeMemory tree_memory(pid_t root) {
       continue;
     }
     m.processes++;
+    // /proc/PID/stat: fields 14-17 (utime, stime, and the same of its reaped children:
+    // an extension that exited still counts) in clock ticks, counted after the ")" that
+    // ends the command name (which may itself hold spaces or parentheses).
+    std::ifstream st("/proc/" + std::to_string(p) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(st)), {});
+    if (auto close = stat.rfind(')'); close != std::string::npos) {
+      std::istringstream in(stat.substr(close + 2));
+      std::string field;
+      long utime = 0, stime = 0, cutime = 0, cstime = 0;
+      for (int i = 3; i <= 13 && in >> field; ++i) {
+      }
+      if (in >> utime >> stime >> cutime >> cstime) {
+        m.cpu_ms += 1000.0 * static_cast<double>(utime + stime + cutime + cstime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+      }
+    }
     for (std::string line; std::getline(f, line);) {
       std::istringstream in(line);
       std::string key;

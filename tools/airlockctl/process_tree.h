@@ -14,6 +14,7 @@ struct TreeMemory {
   long pss_kb = 0;
   int processes = 0;     // in the tree
   int unreadable = 0;    // whose smaps_rollup could not be read (not ours to read, or gone)
+  double cpu_ms = 0;     // user + system CPU time of the tree (all threads, and reaped children)
 };
 
 std::vector<pid_t> process_tree(pid_t root);  // root first, then every descendant

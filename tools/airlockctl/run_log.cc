@@ -94,17 +94,18 @@ nlohmann::json machine_header() {
 std::string format_log(const RunLog& log) {
   std::ostringstream o;
   for (const char* k : {"date", "cpu", "arch", "kernel", "cores", "memory_total", "memory_available", "binary",
-                        "binary_hash", "script", "script_hash", "extensions", "transport", "skill"}) {
+                        "binary_hash", "script", "script_hash", "extensions", "transport", "skill", "distinct", "engine"}) {
     if (log.header.contains(k)) {
       const auto& v = log.header[k];
       o << pad(k, 18, false) << ": " << (v.is_string() ? v.get<std::string>() : v.dump()) << "\n";
     }
   }
-  o << "\n" << pad("cmd", 42, false) << pad("took(ms)", 10, true) << pad("rss diff(KB)", 15, true)
+  o << "\n" << pad("cmd", 42, false) << pad("took(ms)", 10, true) << pad("cpu(ms)", 10, true) << pad("rss diff(KB)", 15, true)
     << pad("pss diff(KB)", 15, true) << pad("ok", 8, true) << pad("failed", 8, true) << "\n";
   for (const auto& c : log.commands) {
     std::string cmd = (c.repeat > 1 ? std::to_string(c.repeat) + " " : "") + c.cmd;
-    o << pad(cmd, 42, false) << pad(grouped(std::lround(c.took_ms)), 10, true) << pad(grouped(c.rss_diff_kb), 15, true)
+    o << pad(cmd, 42, false) << pad(grouped(std::lround(c.took_ms)), 10, true) << pad(grouped(std::lround(c.cpu_ms)), 10, true)
+      << pad(grouped(c.rss_diff_kb), 15, true)
       << pad(grouped(c.pss_diff_kb), 15, true) << pad(std::to_string(c.ok), 8, true) << pad(std::to_string(c.failed), 8, true)
       << "\n";
     if (!c.first_error.empty()) o << "    first error: " << c.first_error << "\n";
@@ -118,7 +119,7 @@ std::string format_log(const RunLog& log) {
 nlohmann::json to_json(const RunLog& log) {
   nlohmann::json cmds = nlohmann::json::array();
   for (const auto& c : log.commands) {
-    cmds.push_back({{"cmd", c.cmd}, {"repeat", c.repeat}, {"took_ms", c.took_ms}, {"rss_diff_kb", c.rss_diff_kb},
+    cmds.push_back({{"cmd", c.cmd}, {"repeat", c.repeat}, {"took_ms", c.took_ms}, {"cpu_ms", c.cpu_ms}, {"rss_diff_kb", c.rss_diff_kb},
                     {"pss_diff_kb", c.pss_diff_kb}, {"ok", c.ok}, {"failed", c.failed}, {"first_error", c.first_error}});
   }
   return {{"header", log.header}, {"commands", cmds}, {"total_ms", log.total_ms}, {"max_rss_kb", log.max_rss_kb},
@@ -131,6 +132,7 @@ Result<RunLog> from_json(const nlohmann::json& j) {
     log.header = j.at("header");
     for (const auto& c : j.at("commands")) {
       log.commands.push_back({c.at("cmd").get<std::string>(), c.at("repeat").get<int>(), c.at("took_ms").get<double>(),
+                              c.value("cpu_ms", 0.0),
                               c.at("rss_diff_kb").get<long>(), c.at("pss_diff_kb").get<long>(), c.at("ok").get<int>(),
                               c.at("failed").get<int>(), c.value("first_error", std::string())});
     }

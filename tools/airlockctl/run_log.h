@@ -16,6 +16,7 @@ struct CommandRecord {
   std::string cmd;       // as written in the script, without the repeat count
   int repeat = 1;        // "N cmd": run N times; the record covers all of them
   double took_ms = 0;
+  double cpu_ms = 0;     // whole process tree's CPU time (user + system), after minus before
   long rss_diff_kb = 0;  // whole process tree, after minus before
   long pss_diff_kb = 0;
   int ok = 0;            // calls or operations that succeeded

@@ -31,6 +31,7 @@ class Runner {
     ho.transport = o_.transport;
     ho.extension_binary = o_.extension_binary;
     ho.log_level = "warn";
+    ho.engine = o_.engine;
     host_ = std::make_unique<Host>(ho);
     for (int i = 0; i < o_.extensions; ++i) {
       ExtensionOptions eo;
@@ -103,6 +104,14 @@ class Runner {
         return make_error(Code::NotFound, verb == "delete_skill" ? "no skill to delete" : "no loaded skill to drop");
       }
       count(verb == "delete_skill" ? set_->remove(names.back()) : set_->drop(names.front()));
+    } else if (verb == "idle") {
+      // Nothing runs for MS milliseconds: the cpu(ms) column then shows background work
+      // (V8's tier-up compiling the skills just used, collectors).
+      if (auto st = need(1); !st.ok()) return st;
+      auto ms = number(w[1]);
+      if (!ms.ok()) return ms.take_error();
+      std::this_thread::sleep_for(std::chrono::milliseconds(*ms));
+      rec.ok = 1;
     } else if (verb == "stop") {
       if (auto st = need(0); !st.ok()) return st;
       host_->stop(2s);
@@ -110,7 +119,7 @@ class Runner {
     } else {
       return make_error(Code::InvalidArgument, "unknown command '" + verb +
                                                    "' (add_c, p_add_c, skills, cached_skills, execute_skill, execute_all, "
-                                                   "p_execute_all, drop_cached_skill, delete_skill, stop)");
+                                                   "p_execute_all, drop_cached_skill, delete_skill, idle, stop)");
     }
     return ok_status();
   }
@@ -132,7 +141,7 @@ class Runner {
     std::vector<std::string> fresh;
     for (int i = 0; i < k; ++i) {
       fresh.push_back("sample_c" + std::to_string(++added_));
-      if (auto st = set_->add(fresh.back(), wasm_); !st.ok()) return st;
+      if (auto st = set_->add(fresh.back(), o_.distinct ? distinct_module(fresh.back()) : wasm_); !st.ok()) return st;
     }
     std::vector<std::future<Status>> fs;
     for (const auto& n : fresh) fs.push_back(std::async(std::launch::async, [this, n] { return set_->load(n); }));
@@ -142,6 +151,26 @@ class Runner {
       if (!st.ok() && first.ok()) first = st;
     }
     return first;
+  }
+
+  // The sample with a custom section naming the skill appended: a module of its own
+  // (V8 compiles identical bytes once per process; distinct bytes are compiled each).
+  std::shared_ptr<const std::vector<uint8_t>> distinct_module(const std::string& name) const {
+    auto m = std::make_shared<std::vector<uint8_t>>(*wasm_);
+    const std::string section_name = "airlock.variant";
+    std::vector<uint8_t> body;
+    body.push_back(static_cast<uint8_t>(section_name.size()));
+    body.insert(body.end(), section_name.begin(), section_name.end());
+    body.insert(body.end(), name.begin(), name.end());
+    m->push_back(0);  // custom section
+    for (size_t n = body.size();;) {  // LEB128 size
+      const uint8_t b = n & 0x7f;
+      n >>= 7;
+      m->push_back(n ? b | 0x80 : b);
+      if (!n) break;
+    }
+    m->insert(m->end(), body.begin(), body.end());
+    return m;
   }
 
   // A call; the skill set loads a skill that is not loaded first.
@@ -194,13 +223,13 @@ Result<RunLog> run_script(const RunOptions& o, std::ostream& progress) {
     static const std::map<std::string, size_t> kArgs = {
         {"add_c", 0},         {"p_add_c", 1},       {"skills", 0},           {"cached_skills", 0},
         {"execute_skill", 4}, {"execute_all", 3},   {"p_execute_all", 4},    {"drop_cached_skill", 0},
-        {"delete_skill", 0},  {"stop", 0}};
+        {"delete_skill", 0},  {"idle", 1},          {"stop", 0}};
     const std::string where = o.script + ":" + std::to_string(no) + ": ";
     auto verb = kArgs.find(w[0]);
     if (verb == kArgs.end()) {
       return make_error(Code::InvalidArgument, where + "unknown command '" + w[0] +
                                                    "' (add_c, p_add_c, skills, cached_skills, execute_skill, execute_all, "
-                                                   "p_execute_all, drop_cached_skill, delete_skill, stop)");
+                                                   "p_execute_all, drop_cached_skill, delete_skill, idle, stop)");
     }
     if (w.size() - 1 != verb->second) {
       return make_error(Code::InvalidArgument, where + "'" + w[0] + "' takes " + std::to_string(verb->second) +
@@ -218,6 +247,9 @@ Result<RunLog> run_script(const RunOptions& o, std::ostream& progress) {
   log.header["extensions"] = o.extensions;
   log.header["transport"] = o.transport == Transport::Grpc ? "grpc" : "msgpack";
   log.header["skill"] = o.skill_wasm;
+  log.header["distinct"] = o.distinct;
+  log.header["engine"] = std::string("lazy compilation ") + (o.engine.lazy_compilation ? "on" : "off") + ", tier-up " +
+                         (o.engine.tier_up ? "on" : "off") + ", guard regions " + std::string(to_string(o.engine.guard_regions));
 
   const auto t_start = Clock::now();
   Runner runner(o, std::move(wasm), progress);
@@ -235,12 +267,13 @@ Result<RunLog> run_script(const RunOptions& o, std::ostream& progress) {
     }
     rec.took_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     const TreeMemory after = tree_memory(getpid());
+    rec.cpu_ms = after.cpu_ms - before.cpu_ms;
     rec.rss_diff_kb = after.rss_kb - before.rss_kb;
     rec.pss_diff_kb = after.pss_kb - before.pss_kb;
     log.max_rss_kb = std::max({log.max_rss_kb, before.rss_kb, after.rss_kb});
     log.max_pss_kb = std::max({log.max_pss_kb, before.pss_kb, after.pss_kb});
     progress << (l.repeat > 1 ? std::to_string(l.repeat) + " " : "") << l.text << ": " << static_cast<long>(rec.took_ms)
-             << " ms, rss " << rec.rss_diff_kb << " KB, pss " << rec.pss_diff_kb << " KB, " << rec.ok << " ok, "
+             << " ms, cpu " << static_cast<long>(rec.cpu_ms) << " ms, rss " << rec.rss_diff_kb << " KB, pss " << rec.pss_diff_kb << " KB, " << rec.ok << " ok, "
              << rec.failed << " failed" << (after.unreadable ? " (" + std::to_string(after.unreadable) + " processes unreadable)" : "")
              << "\n";
     log.commands.push_back(std::move(rec));

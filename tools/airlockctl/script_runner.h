@@ -8,6 +8,7 @@
 //   p_execute_all ARG MEM WAIT K       K calls of every skill, all at once
 //   drop_cached_skill                  unload the most recently called loaded skill (it loads again on its next call)
 //   delete_skill                       unload and forget the newest skill
+//   idle MS                            do nothing for MS ms (cpu(ms) then shows background work)
 //   stop                               stop every extension (the host's stop)
 //
 // Skills live in an airlock::SkillSet over the extensions: spread evenly by size, loaded
@@ -30,6 +31,8 @@ struct RunOptions {
   uint64_t cache_kb = 256 << 10;  // SkillSetOptions::cache_bytes / 1024
   Transport transport = Transport::Msgpack;
   std::string extension_binary;  // empty: the library's choice
+  EngineOptions engine;
+  bool distinct = false;          // every added skill a module of its own (else one module, many names)
 };
 
 Result<RunLog> run_script(const RunOptions& o, std::ostream& progress);

@@ -9,6 +9,11 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <future>
 #include <memory>
@@ -157,6 +162,50 @@ TEST_P(HostTest, EverySampleSkillThroughTheHost) {
   EXPECT_EQ(t.error().code, Code::Trap);
   EXPECT_EQ(t.error().trap, TrapKind::DivideByZero);
   EXPECT_EQ(*ext.call("echo", "after trap"), "after trap");
+}
+
+// GET http://127.0.0.1:PORT/metrics, the whole response (headers and body).
+std::string http_get_metrics(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    close(fd);
+    return "connect failed";
+  }
+  const std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  (void)!write(fd, req.data(), req.size());
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+  close(fd);
+  return out;
+}
+
+TEST_P(HostTest, ServeMetricsAnswersScrapesWithEveryExtension) {
+  Host h(opts());
+  auto ext = spawn(h, "scraped");
+  ASSERT_TRUE(ext.load_skill("echo", skill("echo")).ok());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(ext.call("echo", "x").ok());
+  auto port = h.serve_metrics("127.0.0.1:0");
+  ASSERT_TRUE(port.ok()) << port.error().to_string();
+  ASSERT_GT(*port, 0);
+  const std::string r = http_get_metrics(*port);
+  EXPECT_THAT(r, HasSubstr("200 OK"));
+  EXPECT_THAT(r, HasSubstr("airlock_calls_total{extension=\"scraped\"} 3"));
+  EXPECT_THAT(r, HasSubstr("airlock_call_latency_us_count{extension=\"scraped\"} 3"));
+  EXPECT_THAT(r, HasSubstr("airlock_memory_bytes{extension=\"scraped\",kind=\"rss\"}"));
+  // A second endpoint is refused; a port in use is an error, not a crash.
+  EXPECT_FALSE(h.serve_metrics("127.0.0.1:0").ok());
+  Host other(opts());
+  auto taken = other.serve_metrics("127.0.0.1:" + std::to_string(*port));
+  ASSERT_FALSE(taken.ok());
+  EXPECT_EQ(taken.error().code, Code::Unavailable);
+  // Still served, and counting.
+  ASSERT_TRUE(ext.call("echo", "y").ok());
+  EXPECT_THAT(http_get_metrics(*port), HasSubstr("airlock_calls_total{extension=\"scraped\"} 4"));
 }
 
 uint64_t vm_size_kb(int pid) {

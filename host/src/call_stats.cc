@@ -22,6 +22,7 @@ void CallStats::finished(std::chrono::steady_clock::duration took, const Result<
     errors_[r.error().code]++;
   }
   hist_[static_cast<size_t>(b)]++;
+  sum_us_ += us;
 }
 
 void CallStats::restarted() {
@@ -50,6 +51,7 @@ CallStats::Snapshot CallStats::snapshot() const {
   s.restarts = restarts_;
   s.p50_us = quantile(0.5);
   s.p99_us = quantile(0.99);
+  s.sum_us = sum_us_;
   return s;
 }
 

@@ -25,7 +25,7 @@ class CallStats {
     uint64_t calls = 0, ok = 0;
     std::map<std::string, uint64_t> errors;
     uint32_t in_flight = 0, restarts = 0;
-    double p50_us = 0, p99_us = 0;
+    double p50_us = 0, p99_us = 0, sum_us = 0;
   };
   Snapshot snapshot() const;
 
@@ -39,6 +39,7 @@ class CallStats {
   uint64_t calls_ = 0, ok_ = 0;
   std::map<Code, uint64_t> errors_;
   uint32_t in_flight_ = 0, restarts_ = 0;
+  double sum_us_ = 0;
   std::array<uint64_t, kBuckets> hist_{};
 };
 

@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "host_impl.h"
+#include "metrics.h"
 
 namespace airlock {
 
@@ -179,7 +180,10 @@ void Host::register_service(const std::string& name, ServiceHandler handler, Ser
 void Host::register_blocking_service(const std::string& name, BlockingServiceHandler handler, ServiceOptions options) {
   impl_->register_service(name, nullptr, std::move(handler), std::move(options));
 }
-Host::~Host() = default;
+Host::~Host() {
+  std::lock_guard lk(impl_->metrics_mu);
+  impl_->metrics.reset();  // first: a scrape reads the extensions being torn down below
+}
 Result<Extension> Host::spawn(ExtensionOptions options) { return impl_->spawn(std::move(options)); }
 std::optional<Extension> Host::find(std::string_view name) const { return impl_->find(name); }
 void Host::stop(std::chrono::milliseconds grace) { impl_->stop_all(grace); }
@@ -232,6 +236,7 @@ ExtensionStats Extension::stats() const {
   st.restarts = snap.restarts;
   st.latency_p50_us = snap.p50_us;
   st.latency_p99_us = snap.p99_us;
+  st.latency_sum_us = snap.sum_us;
   st.skills = skills();
   st.sandbox = sandbox_report();
   read_memory(st.pid, st);
@@ -241,58 +246,23 @@ ExtensionStats Extension::stats() const {
 std::vector<Extension> Host::extensions() const { return impl_->all_extensions(); }
 
 std::string Host::metrics_text() const {
-  std::string out;
-  auto family = [&](const char* name, const char* type, const char* help) {
-    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
-  };
-  const auto exts = extensions();
   std::vector<ExtensionStats> all;
-  for (const auto& e : exts) all.push_back(e.stats());
-  // Extension names come from the application, but a quote or backslash would break the
-  // format: escape them as the format says.
-  auto label = [](const std::string& v) {
-    std::string s;
-    for (char c : v) {
-      if (c == '"' || c == '\\') s += '\\';
-      if (c == '\n') {
-        s += "\\n";
-        continue;
-      }
-      s += c;
-    }
-    return s;
-  };
-  family("airlock_calls_total", "counter", "Calls to the extension that have ended");
-  for (const auto& s : all) out += "airlock_calls_total{extension=\"" + label(s.name) + "\"} " + std::to_string(s.calls) + "\n";
-  family("airlock_call_errors_total", "counter", "Calls that ended with an error, by code");
-  for (const auto& s : all) {
-    for (const auto& [code, n] : s.errors) {
-      out += "airlock_call_errors_total{extension=\"" + label(s.name) + "\",code=\"" + code + "\"} " + std::to_string(n) + "\n";
-    }
-  }
-  family("airlock_calls_in_flight", "gauge", "Calls sent and not yet ended");
-  for (const auto& s : all) out += "airlock_calls_in_flight{extension=\"" + label(s.name) + "\"} " + std::to_string(s.in_flight) + "\n";
-  family("airlock_restarts_total", "counter", "Restarts after a crash");
-  for (const auto& s : all) out += "airlock_restarts_total{extension=\"" + label(s.name) + "\"} " + std::to_string(s.restarts) + "\n";
-  family("airlock_skills_loaded", "gauge", "Skills loaded into the extension");
-  for (const auto& s : all) out += "airlock_skills_loaded{extension=\"" + label(s.name) + "\"} " + std::to_string(s.skills.size()) + "\n";
-  family("airlock_memory_bytes", "gauge", "The extension process's memory: rss, pss (shared pages split), uss (private)");
-  for (const auto& s : all) {
-    const std::string l = "airlock_memory_bytes{extension=\"" + label(s.name) + "\",kind=\"";
-    out += l + "rss\"} " + std::to_string(s.rss_bytes) + "\n";
-    out += l + "pss\"} " + std::to_string(s.pss_bytes) + "\n";
-    out += l + "uss\"} " + std::to_string(s.uss_bytes) + "\n";
-  }
-  family("airlock_call_latency_us", "summary", "Call latency in microseconds (log-scale histogram, 9 % buckets)");
-  for (const auto& s : all) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.1f", s.latency_p50_us);
-    out += "airlock_call_latency_us{extension=\"" + label(s.name) + "\",quantile=\"0.5\"} " + buf + "\n";
-    std::snprintf(buf, sizeof buf, "%.1f", s.latency_p99_us);
-    out += "airlock_call_latency_us{extension=\"" + label(s.name) + "\",quantile=\"0.99\"} " + buf + "\n";
-    out += "airlock_call_latency_us_count{extension=\"" + label(s.name) + "\"} " + std::to_string(s.calls) + "\n";
-  }
-  return out;
+  for (const auto& e : extensions()) all.push_back(e.stats());
+  return detail::metrics_text(all);
+}
+
+Result<int> Host::serve_metrics(const std::string& address) {
+  std::lock_guard lk(impl_->metrics_mu);
+  if (impl_->metrics) return make_error(Code::InvalidArgument, "metrics are already served on port " + std::to_string(impl_->metrics->port()));
+  auto* impl = impl_.get();
+  auto e = detail::MetricsEndpoint::start(address, [impl] {
+    std::vector<ExtensionStats> all;
+    for (const auto& x : impl->all_extensions()) all.push_back(x.stats());
+    return all;
+  });
+  if (!e.ok()) return e.take_error();
+  impl_->metrics = std::move(e.value());
+  return impl_->metrics->port();
 }
 
 namespace detail {

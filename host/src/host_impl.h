@@ -182,6 +182,10 @@ class HostImpl {
   std::vector<Extension> all_extensions() const;
   void stop_all(std::chrono::milliseconds grace);
 
+  // Host::serve_metrics(); reset first in ~Host.
+  std::mutex metrics_mu;
+  std::unique_ptr<class MetricsEndpoint> metrics;
+
   // [loop] supervisor.cc
   void start_process(const std::shared_ptr<ExtensionState>& e);
   void stop_extension(const std::shared_ptr<ExtensionState>& e, std::chrono::milliseconds grace, std::function<void()> done);

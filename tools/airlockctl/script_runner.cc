@@ -1,5 +1,6 @@
 #include "script_runner.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -33,6 +34,12 @@ class Runner {
     ho.log_level = "warn";
     ho.engine = o_.engine;
     host_ = std::make_unique<Host>(ho);
+    if (!o_.metrics_address.empty()) {
+      auto port = host_->serve_metrics(o_.metrics_address);
+      if (!port.ok()) return port.take_error();
+      const std::string addr = o_.metrics_address.substr(0, o_.metrics_address.rfind(':'));
+      progress_ << "metrics: http://" << addr << ":" << *port << "/metrics\n";
+    }
     for (int i = 0; i < o_.extensions; ++i) {
       ExtensionOptions eo;
       eo.name = "ext" + std::to_string(i);
@@ -192,8 +199,11 @@ class Runner {
 }  // namespace
 
 Result<RunLog> run_script(const RunOptions& o, std::ostream& progress) {
-  std::ifstream sf(o.script);
-  if (!sf) return make_error(Code::NotFound, "cannot read script '" + o.script + "'");
+  std::ifstream sf;
+  if (!o.script.empty()) {  // none: serve-metrics with no skills
+    sf.open(o.script);
+    if (!sf) return make_error(Code::NotFound, "cannot read script '" + o.script + "'");
+  }
   std::ifstream wf(o.skill_wasm, std::ios::binary);
   if (!wf) return make_error(Code::NotFound, "cannot read the sample skill '" + o.skill_wasm + "' (--skill)");
   std::string wasm((std::istreambuf_iterator<char>(wf)), {});
@@ -279,6 +289,16 @@ Result<RunLog> run_script(const RunOptions& o, std::ostream& progress) {
     log.commands.push_back(std::move(rec));
   }
   log.total_ms = std::chrono::duration<double, std::milli>(Clock::now() - t_start).count();
+  if (o.hold) {
+    progress << "serving until SIGINT or SIGTERM\n";
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    int sig = 0;
+    sigwait(&set, &sig);
+    progress << "signal " << sig << ": stopping\n";
+  }
   return log;
 }
 

@@ -32,6 +32,10 @@ struct RunOptions {
   Transport transport = Transport::Msgpack;
   std::string extension_binary;  // empty: the library's choice
   EngineOptions engine;
+  std::string metrics_address;  // non-empty: Host::serve_metrics there during the run
+  // After the script: keep serving (metrics, the extensions) until SIGINT or SIGTERM,
+  // which the caller has blocked in every thread (sigwait).
+  bool hold = false;
   bool distinct = false;          // every added skill a module of its own (else one module, many names)
 };
 

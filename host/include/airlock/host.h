@@ -319,6 +319,7 @@ struct ExtensionStats {
   uint32_t restarts = 0;
   double latency_p50_us = 0;
   double latency_p99_us = 0;
+  double latency_sum_us = 0;  // of all of them (the mean is this / calls)
   std::vector<std::string> skills;
   std::string sandbox;  // Extension::sandbox_report()
   // The process's memory now (/proc/PID/smaps_rollup; 0 while down or unreadable): RSS,
@@ -385,6 +386,11 @@ class Host {
   // airlock_call_errors_total{code}, airlock_calls_in_flight, airlock_restarts_total,
   // airlock_call_latency_us{quantile}), for an application's /metrics endpoint.
   std::string metrics_text() const;
+  // Serves the same at http://ADDRESS/metrics (prometheus-cpp's exposer, on 2 threads of
+  // its own) until the Host is destroyed. ADDRESS is "HOST:PORT"; port 0 picks a free
+  // one. Returns the port; Unavailable if it cannot listen there, InvalidArgument if
+  // metrics are served already.
+  Result<int> serve_metrics(const std::string& address);
   // Stops every extension: graceful within `grace`, then SIGTERM, then SIGKILL.
   void stop(std::chrono::milliseconds grace = 2s);
 

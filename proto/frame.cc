@@ -20,7 +20,7 @@ uint64_t inline_bytes(const Frame& f) {
   }
   if (const auto* r = std::get_if<Response>(&f)) return r->error.size() + r->payload.size();
   if (const auto* l = std::get_if<LoadSkill>(&f)) {
-    return l->name.size() + l->wasm.size() + l->path.size();
+    return l->name.size() + l->wasm.size() + l->path.size() + l->compiled.size();
   }
   if (const auto* u = std::get_if<UnloadSkill>(&f)) return u->name.size();
   if (const auto* r = std::get_if<Ready>(&f)) return r->name.size();

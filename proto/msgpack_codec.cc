@@ -100,13 +100,14 @@ class Writer {
     u(c.id);
   }
   void operator()(const LoadSkill& l) {
-    begin(kTagLoadSkill, 6);
+    begin(kTagLoadSkill, 7);
     u(l.id);
     str(l.name);
     bin(l.wasm);
     str(l.path);
     u(l.max_memory_pages);
     u(l.timeout_ms);
+    bin(l.compiled);
   }
   void operator()(const UnloadSkill& x) {
     begin(kTagUnloadSkill, 2);
@@ -268,7 +269,7 @@ Result<Frame> from_object(const msgpack::object& o) {
   }
   const uint64_t tag = a.ptr[0].via.u64;
   // Field count per tag (without the tag itself); index 0 unused.
-  static constexpr uint32_t kFields[] = {0, 7, 6, 1, 6, 2, 4, 1, 1, 3};
+  static constexpr uint32_t kFields[] = {0, 7, 6, 1, 7, 2, 4, 1, 1, 3};
   if (tag == 0 || tag >= std::size(kFields))
     return malformed("unknown frame tag " + std::to_string(tag));
   if (a.size != kFields[tag] + 1) {
@@ -316,6 +317,7 @@ Result<Frame> from_object(const msgpack::object& o) {
       f.str(l.path, "path");
       f.u(l.max_memory_pages, "max_memory_pages");
       f.u(l.timeout_ms, "timeout_ms");
+      f.bin(l.compiled, "compiled");
       return f.finish(std::move(l));
     }
     case kTagUnloadSkill: {

@@ -448,3 +448,19 @@ TEST(Cli, InspectNamesWhatDoesNotLoad) {
   EXPECT_EQ(junk.rc, 3) << describe(junk);
   EXPECT_THAT(junk.err, HasSubstr("bad magic")) << describe(junk);
 }
+
+// ---- compile (the compile cache's producer) --------------------------------------------
+
+TEST(Cli, CompileWritesTopTierCodeForAModuleAndRefusesGarbage) {
+  const std::string wasm = slurp(std::string(AIRLOCK_SKILL_DIR) + "/greet.wasm");
+  auto r = run_cli({"compile", "--max-memory-mb", "16"}, wasm);
+  ASSERT_EQ(r.rc, 0) << describe(r);
+  EXPECT_GT(r.out.size(), wasm.size()) << "TurboFan code of every function";
+  auto bad = run_cli({"compile"}, "not wasm at all");
+  EXPECT_EQ(bad.rc, 3) << describe(bad);
+  EXPECT_THAT(bad.err, HasSubstr("not a WebAssembly module"));
+  EXPECT_TRUE(bad.out.empty());
+  auto not_skill = run_cli({"compile"}, std::string("\0asm\x01\0\0\0", 8));
+  EXPECT_EQ(not_skill.rc, 3) << describe(not_skill);
+  EXPECT_THAT(not_skill.err, HasSubstr("not an Airlock skill"));
+}

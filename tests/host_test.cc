@@ -14,6 +14,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <memory>
@@ -206,6 +209,83 @@ TEST_P(HostTest, ServeMetricsAnswersScrapesWithEveryExtension) {
   // Still served, and counting.
   ASSERT_TRUE(ext.call("echo", "y").ok());
   EXPECT_THAT(http_get_metrics(*port), HasSubstr("airlock_calls_total{extension=\"scraped\"} 4"));
+}
+
+// The compile cache's one file (tests use one skill per folder).
+std::string only_entry(const std::string& dir) {
+  std::string found;
+  for (const auto& f : std::filesystem::directory_iterator(dir)) {
+    if (f.path().extension() == ".code") found = f.path().string();
+  }
+  return found;
+}
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), {}};
+}
+void spill(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes; }
+
+TEST_P(HostTest, CompileCacheBuildsEntriesThatLaterLoadsUseAndRebuildsBadOnes) {
+  const std::string dir = ::testing::TempDir() + "/cc-" + std::to_string(getpid()) + "-" + std::string(to_string(GetParam()));
+  std::filesystem::remove_all(dir);
+  auto o = opts();
+  o.compile_cache_dir = dir;
+  Host h(o);
+  auto ext = spawn(h, "cached");
+  // First load: nothing cached; the entry is built in the background.
+  ASSERT_TRUE(ext.load_skill("greet", skill("greet")).ok());
+  h.wait_for_compile_cache();
+  auto st = h.compile_cache_stats();
+  EXPECT_EQ(st.misses, 1u);
+  EXPECT_EQ(st.built, 1u) << st.last_failure;
+  const std::string entry = only_entry(dir);
+  ASSERT_FALSE(entry.empty());
+  // Loads from now on take the code from it, and the skill works the same.
+  ASSERT_TRUE(ext.load_skill("greet2", skill("greet")).ok());
+  EXPECT_EQ(h.compile_cache_stats().hits, 1u);
+  EXPECT_EQ(*ext.call("greet2", "Ada,300,1"), "Hello, Ada!");
+
+  // A flipped byte in the code: caught by the checksum, deleted, never sent, rebuilt.
+  std::string good = slurp(entry);
+  std::string bad = good;
+  bad[bad.size() / 2] ^= 0x5a;
+  spill(entry, bad);
+  ASSERT_TRUE(ext.load_skill("greet3", skill("greet")).ok());
+  EXPECT_EQ(h.compile_cache_stats().corrupt, 1u);
+  EXPECT_EQ(*ext.call("greet3", "Bo"), "Hello, Bo!");
+  h.wait_for_compile_cache();
+  EXPECT_EQ(h.compile_cache_stats().built, 2u);
+  // Truncated, and garbage: the same.
+  spill(entry, good.substr(0, good.size() - 100));
+  ASSERT_TRUE(ext.load_skill("greet4", skill("greet")).ok());
+  h.wait_for_compile_cache();
+  spill(entry, "not an entry");
+  ASSERT_TRUE(ext.load_skill("greet5", skill("greet")).ok());
+  h.wait_for_compile_cache();
+  st = h.compile_cache_stats();
+  EXPECT_EQ(st.corrupt, 3u);
+  EXPECT_EQ(st.built, 4u);
+
+  // Code V8 will not take (its own header says another V8 or other flags), filed with
+  // an intact header and checksum: V8 refuses it, the load compiles instead, and the
+  // entry is rebuilt. (File: 15-byte magic, 64-byte key, 8-byte length, SHA-256, code.)
+  {
+    std::string foreign = slurp(entry);
+    ASSERT_GT(foreign.size(), 200u);
+    foreign[119] ^= 0x01;  // the first byte of V8's own header (its magic number)
+    unsigned char md[32];
+    EVP_Digest(foreign.data() + 119, foreign.size() - 119, md, nullptr, EVP_sha256(), nullptr);
+    foreign.replace(87, 32, reinterpret_cast<const char*>(md), 32);
+    spill(entry, foreign);
+  }
+  ASSERT_TRUE(ext.load_skill("greet6", skill("greet")).ok());
+  EXPECT_EQ(h.compile_cache_stats().rejected, 1u);
+  EXPECT_EQ(*ext.call("greet6", "Cy"), "Hello, Cy!");
+  h.wait_for_compile_cache();
+  EXPECT_EQ(h.compile_cache_stats().built, 5u);
+  ASSERT_TRUE(ext.load_skill("greet7", skill("greet")).ok());
+  EXPECT_EQ(h.compile_cache_stats().hits, 2u);
+  EXPECT_EQ(*ext.call("greet7", "Di"), "Hello, Di!");
 }
 
 uint64_t vm_size_kb(int pid) {

@@ -39,7 +39,7 @@ PACKAGES=(
   libc++-19-dev-wasm32 libc++abi-19-dev-wasm32
   libuv1-dev libmsgpack-cxx-dev libspdlog-dev libfmt-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libseccomp-dev libcli11-dev nlohmann-json3-dev prometheus-cpp-dev
+  libseccomp-dev libcli11-dev nlohmann-json3-dev prometheus-cpp-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # libnode108's shared-library dependencies (the .deb itself is only extracted)
   libbrotli1 libc-ares2 libicu72 libnghttp2-14 libssl3 zlib1g libuv1

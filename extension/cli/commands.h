@@ -31,7 +31,15 @@ struct InspectArgs {
   uint32_t max_memory_mb = 64;
 };
 
+struct CompileArgs {
+  uint32_t max_memory_mb = 64;
+  bool lazy_compilation = false;
+  std::string guard_regions = "auto";
+  bool sandbox = true;
+};
+
 int run_command(const RunArgs& a);
+int compile_command(const CompileArgs& a);  // compile_command.cc
 int inspect_command(const InspectArgs& a);
 
 }  // namespace airlock::cli

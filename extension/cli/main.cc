@@ -44,7 +44,7 @@ std::string exit_code_table() {
 
 namespace {
 
-constexpr const char* kSubcommands[] = {"run", "inspect", "serve", "zygote"};
+constexpr const char* kSubcommands[] = {"run", "inspect", "serve", "zygote", "compile"};
 const std::vector<std::string> kLogLevels = {"trace", "debug", "info",     "warn", "warning",
                                              "error", "err",   "critical", "off"};
 
@@ -61,7 +61,7 @@ bool check_subcommand(int argc, char** argv) {
     for (const char* s : kSubcommands) {
       if (a == s) return true;
     }
-    std::cerr << "error: unknown subcommand '" << a << "' (expected run, inspect, serve or zygote; see --help)\n";
+    std::cerr << "error: unknown subcommand '" << a << "' (expected run, inspect, serve, compile or zygote; see --help)\n";
     return false;
   }
   return true;
@@ -157,7 +157,7 @@ int run_cli(int argc, char** argv) {
       ->capture_default_str()->check(CLI::IsMember({"on", "off"}));
   srv->add_option("--sandbox-user", sandbox_user, "UID:GID to run as when started as root");
   srv->add_option("--readable", so.sandbox.readable, "A path the extension may read (repeatable)");
-  std::string lazy = "off", tier_up = "on";
+  std::string lazy = "off", tier_up = "on", cacheable = "off";
   srv->add_option("--lazy-compilation", lazy, "on: compile each function at its first call")
       ->capture_default_str()->check(CLI::IsMember({"on", "off"}));
   srv->add_option("--tier-up", tier_up, "off: Liftoff code only, no background TurboFan")
@@ -168,6 +168,23 @@ int run_cli(int argc, char** argv) {
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
   srv->add_option("--shm-output-min-bytes", so.shm_output_min_bytes,
                   "Outputs at least this large return in shared memory")->capture_default_str();
+
+  srv->add_option("--cacheable-code", cacheable, "on: code V8 can serialize for the host's compile cache (eager tier-up)")
+      ->capture_default_str()->check(CLI::IsMember({"on", "off"}));
+
+  cli::CompileArgs ca;
+  std::string ca_lazy = "off", ca_sandbox = "on";
+  auto* cmp = app.add_subcommand("compile",
+                                 "Compile the module on stdin to the top tier and write its code, serialized, on stdout "
+                                 "(a compile-cache entry; started by the host library)");
+  cmp->fallthrough();
+  cmp->add_option("--max-memory-mb", ca.max_memory_mb, "Memory limit the skill will be loaded with")->capture_default_str();
+  cmp->add_option("--lazy-compilation", ca_lazy, "As the serving extensions")->capture_default_str()
+      ->check(CLI::IsMember({"on", "off"}));
+  cmp->add_option("--guard-regions", ca.guard_regions, "As the serving extensions")->capture_default_str()
+      ->check(CLI::IsMember({"auto", "on", "off"}));
+  cmp->add_option("--sandbox", ca_sandbox, "on or off, as the serving extensions")->capture_default_str()
+      ->check(CLI::IsMember({"on", "off"}));
 
   int zygote_fd = 3;
   auto* zyg = app.add_subcommand("zygote", "Fork new extensions on request (started by the host library)");
@@ -196,6 +213,7 @@ int run_cli(int argc, char** argv) {
     so.sandbox.enabled = sandbox_mode == "on";
     so.lazy_compilation = lazy == "on";
     so.tier_up = tier_up == "on";
+    so.cacheable_code = cacheable == "on";
     so.sandbox.last_words_fd = so.side_fd;
     if (!sandbox_user.empty()) {
       unsigned uid = 0, gid = 0;
@@ -207,6 +225,11 @@ int run_cli(int argc, char** argv) {
       so.sandbox.gid = gid;
     }
     return serve::serve(so);
+  }
+  if (cmp->parsed()) {
+    ca.lazy_compilation = ca_lazy == "on";
+    ca.sandbox = ca_sandbox == "on";
+    return cli::compile_command(ca);
   }
   if (zyg->parsed()) {
     return cli::run_zygote(zygote_fd, [](std::vector<std::string>& args) {

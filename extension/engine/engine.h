@@ -103,6 +103,10 @@ struct EngineConfig {
   // V8's dynamic tiering: hot functions are recompiled by TurboFan on a background
   // thread. Off: Liftoff code only (no background compilation, slower hot loops).
   bool tier_up = true;
+  // Code that can go in a compile cache: every function reaches TurboFan (eager tier-up
+  // in the background: V8 10.2 serializes TurboFan code only), and only code compiled
+  // under the same flags is accepted back (V8 checks its version and flag hash).
+  bool cacheable_code = false;
 };
 
 class Engine {
@@ -113,6 +117,16 @@ class Engine {
   // Compiles wasm bytes. Errors: InvalidArgument with the engine's message.
   // Limits such as the memory maximum are already in the bytes (see wasm_info.h).
   virtual Result<std::shared_ptr<Module>> compile(std::span<const uint8_t> wasm) = 0;
+  // The same, taking the code from `cached` (compile_for_cache's output for these bytes)
+  // when the engine accepts it: `*used_cache` says whether it did. V8 checks its version,
+  // flags and CPU features; it does not check the code itself, so the caller must (a
+  // checksum): a corrupt entry would run.
+  virtual Result<std::shared_ptr<Module>> compile(std::span<const uint8_t> wasm, std::span<const uint8_t> cached,
+                                                  bool* used_cache) = 0;
+  // Compiles, waits until every function has its top-tier code and returns that code
+  // serialized, for a compile cache. Needs EngineConfig::cacheable_code. Blocks (it pumps
+  // V8's foreground tasks): for a process that does nothing else. Runs no wasm code.
+  virtual Result<std::vector<uint8_t>> compile_for_cache(std::span<const uint8_t> wasm) = 0;
   // Stops whatever wasm code runs on the engine's thread now (thread-safe). The
   // running call returns Code::Timeout.
   virtual void terminate() = 0;

@@ -14,6 +14,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <thread>
 #include <unordered_map>
 
 #include "engine/engine.h"
@@ -33,6 +34,7 @@ void init_v8_once(const EngineConfig& config) {
     // Flags are process-wide and must precede V8::Initialize (they key code caches too).
     if (config.lazy_compilation) v8::V8::SetFlagsFromString("--wasm-lazy-compilation");
     if (!config.tier_up) v8::V8::SetFlagsFromString("--no-wasm-tier-up --no-wasm-dynamic-tiering");
+    if (config.cacheable_code) v8::V8::SetFlagsFromString("--no-wasm-dynamic-tiering");
     if (config.trap_handler) v8::V8::EnableWebAssemblyTrapHandler(/*use_v8_signal_handler=*/true);
     g_platform = v8::platform::NewDefaultPlatform(/*thread_pool_size=*/1);
     v8::V8::InitializePlatform(g_platform.get());
@@ -120,6 +122,9 @@ class V8Engine final : public Engine, public Caller {
         },
         this);
     v8::HandleScope hs(iso_);
+    // Before the context: V8 defines WebAssembly.compileStreaming only in contexts made
+    // after a streaming callback is set (the one way it takes cached code back).
+    iso_->SetWasmStreamingCallback(&V8Engine::on_streaming);
     auto ctx = v8::Context::New(iso_);
     ctx->Enter();
     context_.Reset(iso_, ctx);
@@ -134,6 +139,7 @@ class V8Engine final : public Engine, public Caller {
       v8::HandleScope hs(iso_);
       host_fn_templates_.clear();
       shim_exports_.Reset();
+      stream_fn_.Reset();
       instance_ctor_.Reset();
       module_imports_.Reset();
       context_.Get(iso_)->Exit();
@@ -147,6 +153,105 @@ class V8Engine final : public Engine, public Caller {
     std::string key = fn.module + "." + fn.name;
     host_fns_[key] = std::make_unique<HostFunction>(std::move(fn));
     shim_exports_.Reset();  // rebuilt with the new function on the next instantiation
+  }
+
+  Result<std::shared_ptr<Module>> compile(std::span<const uint8_t> wasm, std::span<const uint8_t> cached,
+                                          bool* used_cache) override {
+    *used_cache = false;
+    if (cached.empty()) return compile(wasm);
+    v8::HandleScope hs(iso_);
+    StreamJob job{wasm, cached};
+    auto promise = start_streaming(job);
+    if (!promise.ok()) return promise.take_error();
+    if (job.rejected || (*promise)->State() != v8::Promise::kFulfilled) {
+      // Not accepted (another V8, other flags): compiled from the bytes as usual. A
+      // pending promise (not seen: deserialization completes within Finish()) would
+      // finish on its own; its result is simply not used.
+      return compile(wasm);
+    }
+    *used_cache = true;
+    auto m = (*promise)->Result().As<v8::WasmModuleObject>();
+    return std::shared_ptr<Module>(std::make_shared<V8Module>(this, iso_, m));
+  }
+
+  Result<std::vector<uint8_t>> compile_for_cache(std::span<const uint8_t> wasm) override {
+    v8::HandleScope hs(iso_);
+    StreamJob job{wasm, {}};
+    job.client = std::make_shared<TopTierClient>();
+    auto promise = start_streaming(job);
+    if (!promise.ok()) return promise.take_error();
+    // V8 finishes the compile through foreground tasks and microtasks: run them until
+    // the promise settles and the top tier has been reached (68 ms for the 32 KB sample).
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+    while (!job.client->done.load() && (*promise)->State() != v8::Promise::kRejected) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        return make_error(Code::Timeout, "compiling for the cache took over 2 minutes");
+      }
+      while (v8::platform::PumpMessageLoop(g_platform.get(), iso_, v8::platform::MessageLoopBehavior::kDoNotWait)) {
+      }
+      iso_->PerformMicrotaskCheckpoint();
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    if ((*promise)->State() == v8::Promise::kRejected) {
+      return make_error(Code::InvalidArgument, "compile failed: " + to_utf8(iso_, (*promise)->Result()));
+    }
+    std::lock_guard lk(job.client->mu);
+    if (job.client->code.empty()) {
+      return make_error(Code::Internal, "the engine serialized no code (V8 keeps only TurboFan code: is "
+                                        "cacheable_code on?)");
+    }
+    return std::move(job.client->code);
+  }
+
+  // One streaming compilation (WebAssembly.compileStreaming), the only public way V8
+  // 10.2 takes serialized code back: the callback below feeds it the job's bytes.
+  struct TopTierClient final : v8::WasmStreaming::Client {
+    void OnModuleCompiled(v8::CompiledWasmModule m) override {
+      auto buf = m.Serialize();
+      std::lock_guard lk(mu);
+      code.assign(buf.buffer.get(), buf.buffer.get() + buf.size);
+      done.store(true);
+    }
+    std::mutex mu;
+    std::vector<uint8_t> code;
+    std::atomic<bool> done{false};
+  };
+  struct StreamJob {
+    std::span<const uint8_t> wasm, cached;
+    std::shared_ptr<TopTierClient> client;
+    bool rejected = false;  // V8 refused `cached`
+  };
+  Result<v8::Local<v8::Promise>> start_streaming(StreamJob& job) {
+    auto ctx = context();
+    if (stream_fn_.IsEmpty()) {
+      auto src = str(iso_, "(function () { return WebAssembly.compileStreaming(0); })");
+      auto fn = v8::Script::Compile(ctx, src).ToLocalChecked()->Run(ctx).ToLocalChecked().As<v8::Function>();
+      stream_fn_.Reset(iso_, fn);
+    }
+    v8::TryCatch tc(iso_);
+    stream_job_ = &job;
+    auto r = stream_fn_.Get(iso_)->Call(ctx, v8::Undefined(iso_), 0, nullptr);
+    stream_job_ = nullptr;
+    v8::Local<v8::Value> v;
+    if (!r.ToLocal(&v) || !v->IsPromise()) {
+      return make_error(Code::Internal, "WebAssembly.compileStreaming failed: " + to_utf8(iso_, tc.Exception()));
+    }
+    iso_->PerformMicrotaskCheckpoint();
+    return v.As<v8::Promise>();
+  }
+  static void on_streaming(const v8::FunctionCallbackInfo<v8::Value>& info) {
+    auto* iso = info.GetIsolate();
+    auto* self = static_cast<V8Engine*>(iso->GetData(0));
+    StreamJob* job = self->stream_job_;
+    auto s = v8::WasmStreaming::Unpack(iso, info.Data());
+    if (!job) return s->Abort(v8::MaybeLocal<v8::Value>());
+    if (!job->cached.empty() && !s->SetCompiledModuleBytes(job->cached.data(), job->cached.size())) {
+      job->rejected = true;
+      return s->Abort(v8::MaybeLocal<v8::Value>());
+    }
+    if (job->client) s->SetClient(job->client);
+    s->OnBytesReceived(job->wasm.data(), job->wasm.size());
+    s->Finish();
   }
 
   Result<std::shared_ptr<Module>> compile(std::span<const uint8_t> wasm) override {
@@ -322,6 +427,8 @@ class V8Engine final : public Engine, public Caller {
   std::unordered_map<std::string, std::unique_ptr<HostFunction>> host_fns_;
   std::unordered_map<HostFunction*, v8::Global<v8::FunctionTemplate>> host_fn_templates_;
   v8::Global<v8::Object> shim_exports_;  // empty until first needed, and after define()
+  v8::Global<v8::Function> stream_fn_;    // calls WebAssembly.compileStreaming
+  StreamJob* stream_job_ = nullptr;       // the one being started
   std::unordered_map<HostFunction*, uint32_t> shim_index_;
 
  public:

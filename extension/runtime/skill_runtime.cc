@@ -93,7 +93,35 @@ Status SkillRuntime::load_file(const std::string& name, const std::string& path,
   return load(name, bytes, limits);
 }
 
-Status SkillRuntime::load(const std::string& name, std::span<const uint8_t> wasm, const SkillLimits& limits) {
+Status SkillRuntime::load(const std::string& name, std::span<const uint8_t> wasm, const SkillLimits& limits,
+                          std::span<const uint8_t> compiled, bool* used_cache) {
+  auto p = prepare(name, wasm, limits);
+  if (!p.ok()) return p.take_error();
+  auto& [skill, bytes] = *p;
+  bool used = false;
+  auto module = engine_->compile(bytes, compiled, &used);
+  if (used_cache) *used_cache = used;
+  if (!module.ok()) return skill_error(name, Code::InvalidArgument, module.error().message);
+  skill->module = std::move(module.value());
+
+  // Instantiate once now: proves linking and _initialize, and warms the pool.
+  if (auto st = add_instance(*skill); !st.ok()) return st;
+  if (auto old = skills_.find(name); old != skills_.end()) drop_idle(*old->second);
+  skills_[name] = std::move(skill);  // replaces a previous version; its calls keep the old one
+  return ok_status();
+}
+
+Result<std::vector<uint8_t>> SkillRuntime::compile_for_cache(std::span<const uint8_t> wasm, const SkillLimits& limits) {
+  auto p = prepare("module", wasm, limits);
+  if (!p.ok()) return p.take_error();
+  return engine_->compile_for_cache(p->second);
+}
+
+// Everything a load checks and rewrites before the engine compiles: the ABI, the
+// imports, the limits patched into the bytes. The same for a compile-cache entry, so
+// that its code is for exactly the bytes a load compiles.
+Result<std::pair<std::shared_ptr<SkillRuntime::Skill>, std::vector<uint8_t>>> SkillRuntime::prepare(
+    const std::string& name, std::span<const uint8_t> wasm, const SkillLimits& limits) {
   if (name.empty()) return make_error(Code::InvalidArgument, "skill name is empty");
   auto parsed = parse_wasm(wasm);
   if (!parsed.ok()) return skill_error(name, Code::InvalidArgument, "invalid wasm: " + parsed.error().message);
@@ -121,7 +149,7 @@ Status SkillRuntime::load(const std::string& name, std::span<const uint8_t> wasm
   for (auto st : {need_export("memory", WasmImport::Kind::Memory, nullptr),
                   need_export("airlock_abi_version", WasmImport::Kind::Func, &abi_t),
                   need_export("airlock_alloc", WasmImport::Kind::Func, &alloc_t)}) {
-    if (!st.ok()) return st;
+    if (!st.ok()) return st.take_error();
   }
 
   bool suspends = false;
@@ -152,7 +180,7 @@ Status SkillRuntime::load(const std::string& name, std::span<const uint8_t> wasm
                     need_export("asyncify_start_rewind", WasmImport::Kind::Func, &ptr_t),
                     need_export("asyncify_stop_rewind", WasmImport::Kind::Func, &none_t),
                     need_export("airlock_async_buffer", WasmImport::Kind::Func, &buf_t)}) {
-      if (!st.ok()) return st;
+      if (!st.ok()) return st.take_error();
     }
   }
   if (suspends && !skill->asyncified) {
@@ -171,15 +199,7 @@ Status SkillRuntime::load(const std::string& name, std::span<const uint8_t> wasm
   if (!limited.ok()) return skill_error(name, limited.error().code, limited.error().message);
   limited = limit_tables(limited.value(), limits.max_table_entries);
   if (!limited.ok()) return skill_error(name, limited.error().code, limited.error().message);
-  auto module = engine_->compile(limited.value());
-  if (!module.ok()) return skill_error(name, Code::InvalidArgument, module.error().message);
-  skill->module = std::move(module.value());
-
-  // Instantiate once now: proves linking and _initialize, and warms the pool.
-  if (auto st = add_instance(*skill); !st.ok()) return st;
-  if (auto old = skills_.find(name); old != skills_.end()) drop_idle(*old->second);
-  skills_[name] = std::move(skill);  // replaces a previous version; its calls keep the old one
-  return ok_status();
+  return std::pair{std::move(skill), std::move(limited.value())};
 }
 
 Status SkillRuntime::unload(const std::string& name) {

@@ -119,7 +119,14 @@ class SkillRuntime {
   SkillRuntime& operator=(const SkillRuntime&) = delete;
 
   // Validates, limits and compiles a skill. Errors name the skill and the reason.
-  Status load(const std::string& name, std::span<const uint8_t> wasm, const SkillLimits& limits = {});
+  // `compiled`: the module's code from a compile cache (compile_for_cache of the same bytes
+  // and limits, by an engine with the same config), used if the engine accepts it;
+  // `*used_cache` says whether it did.
+  Status load(const std::string& name, std::span<const uint8_t> wasm, const SkillLimits& limits = {},
+              std::span<const uint8_t> compiled = {}, bool* used_cache = nullptr);
+  // The code a load of these bytes with these limits would compile, at its top tier and
+  // serialized: a compile-cache entry (needs EngineConfig::cacheable_code). Runs no wasm.
+  Result<std::vector<uint8_t>> compile_for_cache(std::span<const uint8_t> wasm, const SkillLimits& limits = {});
   Status load_file(const std::string& name, const std::string& path, const SkillLimits& limits = {});
   Status unload(const std::string& name);  // in-flight calls of the skill finish first
   std::vector<std::string> skills() const;
@@ -161,6 +168,9 @@ class SkillRuntime {
   int32_t open_output_buffer(Call& c, uint32_t len);
   Result<std::string> take_output_buffer(Call& c);
   void start(Call& c);
+  Result<std::pair<std::shared_ptr<Skill>, std::vector<uint8_t>>> prepare(const std::string& name,
+                                                                         std::span<const uint8_t> wasm,
+                                                                         const SkillLimits& limits);
   void start_mapped(Call& c);  // a large shared input, mapped (input_window.h)
   void run(Call& c);
   void finish(Call& c, Result<std::string> r);

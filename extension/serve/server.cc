@@ -15,6 +15,7 @@
 #include <optional>
 #include <unordered_map>
 
+#include "airlock/guard_regions.h"
 #include "airlock/shm/fd_channel.h"
 #include "airlock/shm/pool.h"
 #include "airlock/shm/registry.h"
@@ -23,20 +24,11 @@
 namespace airlock::serve {
 namespace {
 
-// Guard regions reserve ~10 GiB of address space per live wasm memory (8 GiB of
-// addressable range plus guards, V8 10.2). They fit unless RLIMIT_AS is below what
-// `instances` of them need, with 8 GiB for everything else.
 // A warm instance idle this long gives its memory back; checked as often. The next call
 // on it then restores the skill's snapshot onto zero pages (~3 us more for the sample).
 constexpr uint64_t kTrimIdleMs = 5000;
 constexpr std::chrono::milliseconds kTrimIdle{kTrimIdleMs};
 
-bool guard_regions_fit(uint32_t instances) {
-  rlimit as{};
-  if (getrlimit(RLIMIT_AS, &as) != 0 || as.rlim_cur == RLIM_INFINITY) return true;
-  constexpr uint64_t kPerInstance = 10ull << 30, kRest = 8ull << 30;
-  return as.rlim_cur >= kRest + uint64_t(instances) * kPerInstance;
-}
 
 using proto::Frame;
 
@@ -75,6 +67,7 @@ class Server {
     engine::EngineConfig ec;
     ec.lazy_compilation = o.lazy_compilation;
     ec.tier_up = o.tier_up;
+    ec.cacheable_code = o.cacheable_code;
     ec.trap_handler = o.guard_regions == "on" || (o.guard_regions == "auto" && guard_regions_fit(limits.max_instances));
     if (!ec.trap_handler) limits.max_instances = limits.max_calls_in_flight;
     spdlog::debug("engine: guard regions {}, lazy compilation {}, tier-up {}, at most {} instances",
@@ -300,10 +293,14 @@ class Server {
     runtime::SkillLimits lim;
     lim.max_memory_mb = l.max_memory_pages ? (l.max_memory_pages + 15) / 16 : opts_.default_max_memory_mb;
     lim.timeout_ms = l.timeout_ms ? l.timeout_ms : opts_.default_timeout_ms;
+    bool used_cache = false;
     Status st = l.path.empty()
-                    ? runtime_->load(l.name, std::span(reinterpret_cast<const uint8_t*>(l.wasm.data()), l.wasm.size()), lim)
+                    ? runtime_->load(l.name, std::span(reinterpret_cast<const uint8_t*>(l.wasm.data()), l.wasm.size()), lim,
+                                     std::span(reinterpret_cast<const uint8_t*>(l.compiled.data()), l.compiled.size()),
+                                     &used_cache)
                     : runtime_->load_file(l.name, l.path, lim);
-    if (st.ok()) return reply(l.id, std::string());
+    // The answer tells the host's compile cache whether its entry was taken.
+    if (st.ok()) return reply(l.id, l.compiled.empty() ? std::string() : used_cache ? "cache: hit" : "cache: rejected");
     reply(l.id, st.take_error());
   }
 
@@ -400,6 +397,7 @@ void ChannelSink::sink_it_(const spdlog::details::log_msg& msg) {
 }
 
 }  // namespace
+
 
 int serve(const ServeOptions& options) {
   // The sandbox's first step, while this process has one thread (namespaces and

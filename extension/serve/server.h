@@ -26,7 +26,9 @@ struct ServeOptions {
   bool lazy_compilation = false;  // engine::EngineConfig
   bool tier_up = true;
   std::string guard_regions = "auto";  // auto, on, off (airlock::GuardRegions)
+  bool cacheable_code = false;         // engine::EngineConfig (the host keeps a compile cache)
 };
+
 
 // Serves until the host says Shutdown or goes away. Returns the process exit code.
 int serve(const ServeOptions& options);

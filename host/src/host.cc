@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "host_impl.h"
+#include "compile_cache.h"
 #include "metrics.h"
 
 namespace airlock {
@@ -41,6 +42,9 @@ HostImpl::HostImpl(HostOptions o) : opts(std::move(o)) {
     binary.clear();
     binary_error = make_error(Code::InvalidArgument, "HostOptions::log_level '" + opts.log_level +
                                                          "' is not a level (trace, debug, info, warn, error, critical, off)");
+  }
+  if (!opts.compile_cache_dir.empty() && !binary.empty()) {
+    compile_cache = std::make_unique<CompileCache>(opts.compile_cache_dir, binary, opts.sandbox.enabled);
   }
   uv_loop_init(&loop_);
   if (!binary.empty() && opts.use_zygote) {
@@ -251,6 +255,13 @@ std::string Host::metrics_text() const {
   return detail::metrics_text(all);
 }
 
+CompileCacheStats Host::compile_cache_stats() const {
+  return impl_->compile_cache ? impl_->compile_cache->stats() : CompileCacheStats{};
+}
+void Host::wait_for_compile_cache() {
+  if (impl_->compile_cache) impl_->compile_cache->wait_idle();
+}
+
 Result<int> Host::serve_metrics(const std::string& address) {
   std::lock_guard lk(impl_->metrics_mu);
   if (impl_->metrics) return make_error(Code::InvalidArgument, "metrics are already served on port " + std::to_string(impl_->metrics->port()));
@@ -311,14 +322,30 @@ Status Extension::load(const std::string& skill, std::string wasm, std::string p
   detail::LoadedSkill ls{std::move(wasm), std::move(path),
                          limits ? *limits : (s_->opts.limits ? *s_->opts.limits : s_->host->opts.default_limits)};
   auto s = s_;
+  // The compile cache, on this (the caller's) thread: it reads a file.
+  auto* cache = s->host->uses_compile_cache(*s) ? s->host->compile_cache.get() : nullptr;
+  const EngineOptions engine = s->host->resolved_engine(*s);
+  std::string cache_key;
+  std::shared_ptr<const std::string> compiled;
+  bool found = false;
+  if (cache && ls.path.empty() && !ls.wasm.empty()) {
+    cache_key = cache->key(ls.wasm, ls.limits.max_memory_mb, engine);
+    // An entry that would push the frame past its limit is not sent (the load compiles).
+    auto code = cache->lookup(cache_key);
+    found = code.has_value();
+    if (code && code->size() + ls.wasm.size() + 4096 <= s->host->opts.max_frame_bytes) {
+      compiled = std::make_shared<const std::string>(std::move(*code));
+    }
+  }
   if (s->host->on_loop_thread()) {
     return make_error(Code::InvalidArgument, "blocking Extension methods must not be called from a call callback");
   }
-  auto r = control(s_, [s, skill, ls](uint64_t id) {
+  auto r = control(s_, [s, skill, ls, compiled](uint64_t id) {
     proto::LoadSkill l;
     l.id = id;
     l.name = skill;
     l.wasm = ls.wasm;
+    if (compiled) l.compiled = *compiled;
     l.path = ls.path;
     l.max_memory_pages = ls.limits.max_memory_mb * 16;
     l.timeout_ms = ls.limits.timeout_ms;
@@ -330,6 +357,19 @@ Status Extension::load(const std::string& skill, std::string wasm, std::string p
   if (!r.ok()) {
     s->host->post([s, skill] { s->skills.erase(skill); });
     return r.take_error();
+  }
+  if (!cache_key.empty()) {
+    // The extension's word decides nothing but whether to build: an entry it says it
+    // refused is deleted and built again by a process of our own.
+    if (!found) {
+      cache->build(cache_key, ls.wasm, ls.limits.max_memory_mb, engine);
+    } else if (!compiled) {
+      // Found but too large to send: left as it is.
+    } else if (*r == "cache: hit") {
+      cache->hit();
+    } else {
+      cache->rejected(cache_key, ls.wasm, ls.limits.max_memory_mb, engine);
+    }
   }
   return ok_status();
 }

@@ -182,6 +182,9 @@ class HostImpl {
   std::vector<Extension> all_extensions() const;
   void stop_all(std::chrono::milliseconds grace);
 
+  std::unique_ptr<class CompileCache> compile_cache;  // HostOptions::compile_cache_dir
+  EngineOptions resolved_engine(const ExtensionState& e) const;  // supervisor.cc
+  bool uses_compile_cache(const ExtensionState& e) const;
   // Host::serve_metrics(); reset first in ~Host.
   std::mutex metrics_mu;
   std::unique_ptr<class MetricsEndpoint> metrics;

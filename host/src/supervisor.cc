@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <future>
 
+#include "airlock/guard_regions.h"
 #include "host_impl.h"
 
 namespace airlock::detail {
@@ -19,6 +20,21 @@ namespace airlock::detail {
 namespace {
 proto::Encoding encoding_of(Transport t) { return t == Transport::Grpc ? proto::Encoding::Grpc : proto::Encoding::Msgpack; }
 }  // namespace
+
+// The extension's engine options with GuardRegions::Auto decided here, by the host, so
+// that an extension and a compile-cache producer can never disagree about it.
+EngineOptions HostImpl::resolved_engine(const ExtensionState& e) const {
+  EngineOptions eng = e.opts.engine ? *e.opts.engine : opts.engine;
+  if (eng.guard_regions == GuardRegions::Auto) eng.guard_regions = guard_regions_fit() ? GuardRegions::On : GuardRegions::Off;
+  return eng;
+}
+
+// The cache keeps TurboFan code: with lazy compilation or without tier-up there is none
+// to keep (and V8 refuses code compiled under other flags).
+bool HostImpl::uses_compile_cache(const ExtensionState& e) const {
+  const EngineOptions eng = resolved_engine(e);
+  return compile_cache && eng.tier_up && !eng.lazy_compilation;
+}
 
 void HostImpl::start_process(const std::shared_ptr<ExtensionState>& e) {
   const uint64_t attempt = ++e->attempt;
@@ -40,9 +56,10 @@ void HostImpl::start_process(const std::shared_ptr<ExtensionState>& e) {
     argv.insert(argv.end(), {"--sandbox-user", std::to_string(opts.sandbox.uid) + ":" + std::to_string(opts.sandbox.gid)});
   }
   for (const auto& p : e->opts.readable) argv.insert(argv.end(), {"--readable", p});
-  const EngineOptions& eng = e->opts.engine ? *e->opts.engine : opts.engine;
+  const EngineOptions eng = resolved_engine(*e);
   argv.insert(argv.end(), {"--lazy-compilation", eng.lazy_compilation ? "on" : "off", "--tier-up",
-                           eng.tier_up ? "on" : "off", "--guard-regions", std::string(to_string(eng.guard_regions))});
+                           eng.tier_up ? "on" : "off", "--guard-regions", std::string(to_string(eng.guard_regions)),
+                           "--cacheable-code", uses_compile_cache(*e) ? "on" : "off"});
   auto side = shm::FdChannel::pair();
   if (!side.ok()) {
     if (e->on_ready) std::exchange(e->on_ready, nullptr)(side.take_error());

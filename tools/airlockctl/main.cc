@@ -47,6 +47,7 @@ int main(int argc, char** argv) {
     sub->add_option("--guard-regions", guards, "auto, on or off (airlock::GuardRegions)")->capture_default_str()
         ->check(CLI::IsMember({"auto", "on", "off"}));
     sub->add_flag("--distinct", ro.distinct, "Make every added skill a distinct module (a custom section naming it), so each is compiled");
+    sub->add_option("--compile-cache", ro.compile_cache_dir, "A folder for the compile cache (HostOptions::compile_cache_dir)");
     sub->add_option("--extension-binary", ro.extension_binary, "airlock-extension to run (default: the library's choice)");
   };
   auto* run = app.add_subcommand("run", "Run a command script (tools/cmds/README.md) against a real host");

@@ -94,7 +94,7 @@ nlohmann::json machine_header() {
 std::string format_log(const RunLog& log) {
   std::ostringstream o;
   for (const char* k : {"date", "cpu", "arch", "kernel", "cores", "memory_total", "memory_available", "binary",
-                        "binary_hash", "script", "script_hash", "extensions", "transport", "skill", "distinct", "engine"}) {
+                        "binary_hash", "script", "script_hash", "extensions", "transport", "skill", "distinct", "engine", "compile_cache"}) {
     if (log.header.contains(k)) {
       const auto& v = log.header[k];
       o << pad(k, 18, false) << ": " << (v.is_string() ? v.get<std::string>() : v.dump()) << "\n";

@@ -33,6 +33,7 @@ class Runner {
     ho.extension_binary = o_.extension_binary;
     ho.log_level = "warn";
     ho.engine = o_.engine;
+    ho.compile_cache_dir = o_.compile_cache_dir;
     host_ = std::make_unique<Host>(ho);
     if (!o_.metrics_address.empty()) {
       auto port = host_->serve_metrics(o_.metrics_address);
@@ -119,6 +120,16 @@ class Runner {
       if (!ms.ok()) return ms.take_error();
       std::this_thread::sleep_for(std::chrono::milliseconds(*ms));
       rec.ok = 1;
+    } else if (verb == "wait_compile_cache") {
+      // Until the compile cache has built every entry asked for so far.
+      if (auto st = need(0); !st.ok()) return st;
+      host_->wait_for_compile_cache();
+      const auto cs = host_->compile_cache_stats();
+      progress_ << "  compile cache: " << cs.hits << " hits, " << cs.misses << " misses, " << cs.built << " built, "
+                << cs.rejected << " rejected, " << cs.corrupt << " corrupt, " << cs.build_failures << " failed"
+                << (cs.last_failure.empty() ? "" : " (" + cs.last_failure + ")") << "\n";
+      rec.ok = static_cast<int>(cs.built);
+      rec.failed = static_cast<int>(cs.build_failures);
     } else if (verb == "stop") {
       if (auto st = need(0); !st.ok()) return st;
       host_->stop(2s);
@@ -126,7 +137,7 @@ class Runner {
     } else {
       return make_error(Code::InvalidArgument, "unknown command '" + verb +
                                                    "' (add_c, p_add_c, skills, cached_skills, execute_skill, execute_all, "
-                                                   "p_execute_all, drop_cached_skill, delete_skill, idle, stop)");
+                                                   "p_execute_all, drop_cached_skill, delete_skill, idle, wait_compile_cache, stop)");
     }
     return ok_status();
   }
@@ -233,13 +244,13 @@ Result<RunLog> run_script(const RunOptions& o, std::ostream& progress) {
     static const std::map<std::string, size_t> kArgs = {
         {"add_c", 0},         {"p_add_c", 1},       {"skills", 0},           {"cached_skills", 0},
         {"execute_skill", 4}, {"execute_all", 3},   {"p_execute_all", 4},    {"drop_cached_skill", 0},
-        {"delete_skill", 0},  {"idle", 1},          {"stop", 0}};
+        {"delete_skill", 0},  {"idle", 1},          {"wait_compile_cache", 0}, {"stop", 0}};
     const std::string where = o.script + ":" + std::to_string(no) + ": ";
     auto verb = kArgs.find(w[0]);
     if (verb == kArgs.end()) {
       return make_error(Code::InvalidArgument, where + "unknown command '" + w[0] +
                                                    "' (add_c, p_add_c, skills, cached_skills, execute_skill, execute_all, "
-                                                   "p_execute_all, drop_cached_skill, delete_skill, idle, stop)");
+                                                   "p_execute_all, drop_cached_skill, delete_skill, idle, wait_compile_cache, stop)");
     }
     if (w.size() - 1 != verb->second) {
       return make_error(Code::InvalidArgument, where + "'" + w[0] + "' takes " + std::to_string(verb->second) +
@@ -258,6 +269,7 @@ Result<RunLog> run_script(const RunOptions& o, std::ostream& progress) {
   log.header["transport"] = o.transport == Transport::Grpc ? "grpc" : "msgpack";
   log.header["skill"] = o.skill_wasm;
   log.header["distinct"] = o.distinct;
+  log.header["compile_cache"] = o.compile_cache_dir.empty() ? "off" : o.compile_cache_dir;
   log.header["engine"] = std::string("lazy compilation ") + (o.engine.lazy_compilation ? "on" : "off") + ", tier-up " +
                          (o.engine.tier_up ? "on" : "off") + ", guard regions " + std::string(to_string(o.engine.guard_regions));
 

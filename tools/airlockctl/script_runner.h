@@ -9,6 +9,7 @@
 //   drop_cached_skill                  unload the most recently called loaded skill (it loads again on its next call)
 //   delete_skill                       unload and forget the newest skill
 //   idle MS                            do nothing for MS ms (cpu(ms) then shows background work)
+//   wait_compile_cache                 until the compile cache has built the entries asked for
 //   stop                               stop every extension (the host's stop)
 //
 // Skills live in an airlock::SkillSet over the extensions: spread evenly by size, loaded
@@ -32,6 +33,7 @@ struct RunOptions {
   Transport transport = Transport::Msgpack;
   std::string extension_binary;  // empty: the library's choice
   EngineOptions engine;
+  std::string compile_cache_dir;  // HostOptions::compile_cache_dir
   std::string metrics_address;  // non-empty: Host::serve_metrics there during the run
   // After the script: keep serving (metrics, the extensions) until SIGINT or SIGTERM,
   // which the caller has blocked in every thread (sigwait).

@@ -169,6 +169,23 @@ struct HostOptions {
   std::vector<std::string> default_service_access = {"*"};
   SandboxOptions sandbox;
   EngineOptions engine;  // every extension's, unless its ExtensionOptions::engine says otherwise
+  // A folder for the on-disk compile cache (created if missing); empty: none. With one,
+  // a skill's code, compiled by TurboFan, is kept there after its first load (built in
+  // the background by a sandboxed process of its own) and later loads take it instead
+  // of compiling: no compile, and no background tier-up. Extensions then run with eager
+  // tier-up, so a skill not yet cached is TurboFan-compiled in the background once.
+  // Entries are checksummed: a corrupt or foreign one is deleted and rebuilt.
+  std::string compile_cache_dir;
+};
+
+struct CompileCacheStats {
+  uint64_t hits = 0;      // loads that sent an entry and saw it used
+  uint64_t misses = 0;    // loads that found none
+  uint64_t rejected = 0;  // entries the extension's engine refused (another V8, other flags)
+  uint64_t corrupt = 0;   // entries whose checksum, size or header was wrong (deleted)
+  uint64_t built = 0;     // entries written
+  uint64_t build_failures = 0;
+  std::string last_failure;  // why the last build failed
 };
 
 // Who may call a host service. Checked on every request.
@@ -391,6 +408,10 @@ class Host {
   // one. Returns the port; Unavailable if it cannot listen there, InvalidArgument if
   // metrics are served already.
   Result<int> serve_metrics(const std::string& address);
+  // The compile cache (HostOptions::compile_cache_dir): its counts, and a wait until no
+  // entry is being built (the builds queued so far are done).
+  CompileCacheStats compile_cache_stats() const;
+  void wait_for_compile_cache();
   // Stops every extension: graceful within `grace`, then SIGTERM, then SIGKILL.
   void stop(std::chrono::milliseconds grace = 2s);
 

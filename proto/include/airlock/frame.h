@@ -69,6 +69,10 @@ struct LoadSkill {
   std::string path;
   uint32_t max_memory_pages = 0;  // 0 = extension default
   uint32_t timeout_ms = 0;        // 0 = extension default
+  // The module's code from the host's compile cache (V8's serialization), or empty. The
+  // extension uses it instead of compiling when its engine accepts it, and its answer
+  // says which ("cache: hit" / "cache: rejected").
+  std::string compiled;
   bool operator==(const LoadSkill&) const = default;
 };
 

@@ -730,6 +730,27 @@ int print_report(const std::vector<Row>& rows, const Config& cfg, const std::str
   for (const auto& tr : {std::string("msgpack"), std::string("grpc")}) {
     if (const Row* r = get("chain_host_ext_host_ext", tr)) target(tr + " chain_host_ext_host_ext median vs small_int", r, r->note_ratio, 3);
   }
+  // Calls at the machine's floor (issue 12): a small call within 1.3x of a bare round
+  // trip plus the in-process call, a steady p99; chains and recursion in proportion.
+  if (const Row* r = get("small_int", "msgpack")) {
+    const Row* raw = get("raw_socketpair", "raw");
+    const Row* local = get("local_small_int", "local");
+    const bool have = r->status == "ok" && raw && raw->status == "ok" && local && local->status == "ok";
+    target("msgpack small_int median vs (raw_socketpair + local_small_int)", r,
+           have ? r->s.median / (raw->s.median + local->s.median) : kNaN, 1.3);
+    target("msgpack small_int p99 vs its median", r, r->status == "ok" ? r->s.p99 / r->s.median : kNaN, 3);
+  }
+  for (const auto& tr : {std::string("msgpack"), std::string("grpc")}) {
+    const Row* small = get("small_int", tr);
+    const bool have = small && small->status == "ok";
+    if (const Row* r = get("chain_host_ext_host_ext", tr)) {
+      target(tr + " chain_host_ext_host_ext median vs small_int (issue 12)", r,
+             have && r->status == "ok" ? r->s.median / small->s.median : kNaN, 2.2);
+    }
+    if (const Row* r = get("recursion_depth_8", tr)) {
+      target(tr + " recursion_depth_8 median vs small_int", r, have && r->status == "ok" ? r->s.median / small->s.median : kNaN, 10);
+    }
+  }
   // The OS sandbox (issue 11): at most 5 % on a small call.
   for (const auto& tr : {std::string("msgpack"), std::string("grpc")}) {
     const Row* on = get("small_int", tr);

@@ -107,7 +107,10 @@ std::optional<std::string> CompileCache::lookup(const std::string& key) {
     return std::nullopt;
   }
   std::string file;
-  if (size <= kHeaderLen + kMaxEntryBytes) file.assign(std::istreambuf_iterator<char>(f), {});  // else: damaged
+  if (size <= kHeaderLen + kMaxEntryBytes) {  // else: damaged
+    file.resize(size);
+    if (!f.read(file.data(), static_cast<std::streamsize>(size))) file.clear();
+  }
   bool good = file.size() >= kHeaderLen && file.compare(0, kMagicLen, kMagic) == 0 &&
               file.compare(kMagicLen, 64, key) == 0;
   uint64_t len = 0;
@@ -124,7 +127,8 @@ std::optional<std::string> CompileCache::lookup(const std::string& key) {
     std::filesystem::remove(path, ec);
     return std::nullopt;
   }
-  return file.substr(kHeaderLen);
+  file.erase(0, kHeaderLen);
+  return file;
 }
 
 void CompileCache::build(const std::string& key, std::string wasm, uint32_t max_memory_mb, const EngineOptions& engine) {

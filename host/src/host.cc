@@ -326,7 +326,7 @@ Status Extension::load(const std::string& skill, std::string wasm, std::string p
   auto* cache = s->host->uses_compile_cache(*s) ? s->host->compile_cache.get() : nullptr;
   const EngineOptions engine = s->host->resolved_engine(*s);
   std::string cache_key;
-  std::shared_ptr<const std::string> compiled;
+  std::shared_ptr<std::string> compiled;  // moved into the frame (built once)
   bool found = false;
   if (cache && ls.path.empty() && !ls.wasm.empty()) {
     cache_key = cache->key(ls.wasm, ls.limits.max_memory_mb, engine);
@@ -334,7 +334,7 @@ Status Extension::load(const std::string& skill, std::string wasm, std::string p
     auto code = cache->lookup(cache_key);
     found = code.has_value();
     if (code && code->size() + ls.wasm.size() + 4096 <= s->host->opts.max_frame_bytes) {
-      compiled = std::make_shared<const std::string>(std::move(*code));
+      compiled = std::make_shared<std::string>(std::move(*code));
     }
   }
   if (s->host->on_loop_thread()) {
@@ -345,7 +345,7 @@ Status Extension::load(const std::string& skill, std::string wasm, std::string p
     l.id = id;
     l.name = skill;
     l.wasm = ls.wasm;
-    if (compiled) l.compiled = *compiled;
+    if (compiled) l.compiled = std::move(*compiled);
     l.path = ls.path;
     l.max_memory_pages = ls.limits.max_memory_mb * 16;
     l.timeout_ms = ls.limits.timeout_ms;

@@ -1,6 +1,7 @@
 // The airlock-extension command line (docs/CLI.md), run as a process: --version, global
 // options anywhere, readable argument errors, exit codes per status code, run --json,
 // input from stdin, stubbed host services, --loop timing, inspect.
+#include <cstring>
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -455,7 +456,10 @@ TEST(Cli, CompileWritesTopTierCodeForAModuleAndRefusesGarbage) {
   const std::string wasm = slurp(std::string(AIRLOCK_SKILL_DIR) + "/greet.wasm");
   auto r = run_cli({"compile", "--max-memory-mb", "16"}, wasm);
   ASSERT_EQ(r.rc, 0) << describe(r);
-  EXPECT_GT(r.out.size(), wasm.size()) << "TurboFan code of every function";
+  ASSERT_GT(r.out.size(), wasm.size()) << "TurboFan code of every function";
+  uint64_t len = 0;
+  std::memcpy(&len, r.out.data(), 8);
+  EXPECT_EQ(len, r.out.size() - 8) << "a length, then that much code";
   auto bad = run_cli({"compile"}, "not wasm at all");
   EXPECT_EQ(bad.rc, 3) << describe(bad);
   EXPECT_THAT(bad.err, HasSubstr("not a WebAssembly module"));

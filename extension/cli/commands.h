@@ -36,6 +36,7 @@ struct CompileArgs {
   bool lazy_compilation = false;
   std::string guard_regions = "auto";
   bool sandbox = true;
+  int uid = -1, gid = -1;  // --sandbox-user, when started as root
 };
 
 int run_command(const RunArgs& a);

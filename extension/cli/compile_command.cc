@@ -1,6 +1,7 @@
 // `airlock-extension compile`: the producer of a host's compile-cache entry. Reads one
 // module on stdin and writes its code, compiled to V8's top tier and serialized, on
-// stdout. The host runs one such process per module (HostOptions::compile_cache_dir).
+// stdout (its length, 8 bytes little-endian, then the code). The host runs one such
+// process per module (HostOptions::compile_cache_dir).
 //
 // Why a process of its own, never a serving extension: the entry is native code that
 // future extensions will run. A serving extension runs skills, so a compromised one
@@ -27,6 +28,8 @@ namespace airlock::cli {
 int compile_command(const CompileArgs& a) {
   sandbox::Policy policy;
   policy.enabled = a.sandbox;
+  policy.uid = a.uid;
+  policy.gid = a.gid;
   sandbox::Report report;
   if (auto st = sandbox::enter(policy, report); !st.ok()) {
     std::cerr << "error: sandbox: " << st.error().message << "\n";
@@ -52,7 +55,8 @@ int compile_command(const CompileArgs& a) {
     if (!code.ok()) {
       std::cerr << "error: " << code.error().message << "\n";
       rc = kExitLoad;
-    } else if (std::fwrite(code->data(), 1, code->size(), stdout) != code->size() || std::fflush(stdout) != 0) {
+    } else if (const uint64_t n = code->size();  // a length first: the host keeps only complete output
+               std::fwrite(&n, 8, 1, stdout) != 1 || std::fwrite(code->data(), 1, n, stdout) != n || std::fflush(stdout) != 0) {
       std::cerr << "error: writing the code failed\n";
       rc = kExitInternal;
     }

@@ -185,6 +185,8 @@ int run_cli(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "on", "off"}));
   cmp->add_option("--sandbox", ca_sandbox, "on or off, as the serving extensions")->capture_default_str()
       ->check(CLI::IsMember({"on", "off"}));
+  std::string ca_user;
+  cmp->add_option("--sandbox-user", ca_user, "UID:GID to run as when started as root");
 
   int zygote_fd = 3;
   auto* zyg = app.add_subcommand("zygote", "Fork new extensions on request (started by the host library)");
@@ -229,6 +231,15 @@ int run_cli(int argc, char** argv) {
   if (cmp->parsed()) {
     ca.lazy_compilation = ca_lazy == "on";
     ca.sandbox = ca_sandbox == "on";
+    if (!ca_user.empty()) {
+      unsigned uid = 0, gid = 0;
+      if (std::sscanf(ca_user.c_str(), "%u:%u", &uid, &gid) != 2) {
+        std::cerr << "error: --sandbox-user wants UID:GID, got '" << ca_user << "'\n";
+        return cli::kExitUsage;
+      }
+      ca.uid = static_cast<int>(uid);
+      ca.gid = static_cast<int>(gid);
+    }
     return cli::compile_command(ca);
   }
   if (zyg->parsed()) {

@@ -1,5 +1,7 @@
 #include "compile_cache.h"
 
+#include "process.h"
+
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <poll.h>
@@ -21,6 +23,7 @@ namespace airlock::detail {
 namespace {
 
 constexpr size_t kMaxQueued = 4096;
+constexpr size_t kMaxQueuedBytes = 256u << 20;  // module bytes waiting to be built
 constexpr uint64_t kMaxEntryBytes = 256ull << 20;  // the code of a module; larger is refused
 constexpr auto kBuildTimeout = std::chrono::minutes(2);
 constexpr char kMagic[] = "AIRLOCK-CODE-1\n";  // file format; 15 bytes
@@ -71,10 +74,12 @@ bool send_all(int fd, const char* p, size_t n) {
 
 }  // namespace
 
-CompileCache::CompileCache(std::string dir, std::string extension_binary, bool sandbox)
+CompileCache::CompileCache(std::string dir, std::string extension_binary, SandboxOptions sandbox)
     : dir_(std::move(dir)), binary_(std::move(extension_binary)), binary_identity_(identity_of(binary_)), sandbox_(sandbox) {
+  // Entries are native code extensions will run: the folder is the host's alone (a
+  // checksum finds damage, not a hand that writes there on purpose).
   std::error_code ec;
-  std::filesystem::create_directories(dir_, ec);
+  if (std::filesystem::create_directories(dir_, ec)) chmod(dir_.c_str(), 0700);
   thread_ = std::thread([this] { worker(); });
 }
 
@@ -83,7 +88,7 @@ CompileCache::~CompileCache() {
     std::lock_guard lk(mu_);
     stop_ = true;
     queue_.clear();
-    if (running_pid_ > 0) kill(running_pid_, SIGKILL);  // our child, not yet reaped
+    if (running_pidfd_ >= 0) signal_child(running_pidfd_, SIGKILL);
   }
   cv_.notify_all();
   thread_.join();
@@ -92,25 +97,35 @@ CompileCache::~CompileCache() {
 std::string CompileCache::key(std::string_view wasm, uint32_t max_memory_mb, const EngineOptions& e) const {
   const std::string shape = "airlock-code-1|" + binary_identity_ + "|mem=" + std::to_string(max_memory_mb) +
                             "|lazy=" + std::to_string(e.lazy_compilation) + "|guards=" + std::string(to_string(e.guard_regions)) +
-                            "|sandbox=" + std::to_string(sandbox_) + "|";
+                            "|sandbox=" + std::to_string(sandbox_.enabled) + "|";
   return hex(sha256(shape, wasm));
 }
 
 std::optional<std::string> CompileCache::lookup(const std::string& key) {
   const std::string path = dir_ + "/" + key + ".code";
-  std::error_code size_ec;
-  const auto size = std::filesystem::file_size(path, size_ec);
-  std::ifstream f(path, std::ios::binary);
-  if (!f || size_ec) {
+  // A regular file of ours only: no symlink followed, no FIFO waited on.
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  struct stat st {};
+  if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fd >= 0) close(fd);
     std::lock_guard lk(mu_);
     stats_.misses++;
     return std::nullopt;
   }
   std::string file;
+  const auto size = static_cast<uint64_t>(st.st_size);
   if (size <= kHeaderLen + kMaxEntryBytes) {  // else: damaged
     file.resize(size);
-    if (!f.read(file.data(), static_cast<std::streamsize>(size))) file.clear();
+    size_t got = 0;
+    while (got < size) {
+      ssize_t n = read(fd, file.data() + got, size - got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      got += static_cast<size_t>(n);
+    }
+    file.resize(got);
   }
+  close(fd);
   bool good = file.size() >= kHeaderLen && file.compare(0, kMagicLen, kMagic) == 0 &&
               file.compare(kMagicLen, 64, key) == 0;
   uint64_t len = 0;
@@ -134,7 +149,13 @@ std::optional<std::string> CompileCache::lookup(const std::string& key) {
 void CompileCache::build(const std::string& key, std::string wasm, uint32_t max_memory_mb, const EngineOptions& engine) {
   {
     std::lock_guard lk(mu_);
-    if (stop_ || pending_.count(key) || queue_.size() >= kMaxQueued) return;
+    // A module whose build failed (or timed out) is not tried again by this host: a
+    // hostile one must not keep the builder busy.
+    if (stop_ || pending_.count(key) || given_up_.count(key) || queue_bytes_ + wasm.size() > kMaxQueuedBytes ||
+        queue_.size() >= kMaxQueued) {
+      return;
+    }
+    queue_bytes_ += wasm.size();
     pending_.insert(key);
     queue_.push_back({key, std::move(wasm), max_memory_mb, engine});
   }
@@ -145,6 +166,13 @@ void CompileCache::rejected(const std::string& key, std::string wasm, uint32_t m
   {
     std::lock_guard lk(mu_);
     stats_.rejected++;
+    // Rebuilt once: the key names the extension binary, so an honest engine refuses an
+    // entry only if it came from elsewhere. An extension that keeps saying so (it may
+    // lie) costs one rebuild per module, then the module is no longer cached.
+    if (!rebuilt_after_rejection_.insert(key).second) {
+      given_up_.insert(key);
+      return;
+    }
     std::error_code ec;
     std::filesystem::remove(dir_ + "/" + key + ".code", ec);
   }
@@ -175,6 +203,7 @@ void CompileCache::worker() {
     }
     Job job = std::move(queue_.front());
     queue_.pop_front();
+    queue_bytes_ -= job.wasm.size();
     busy_ = true;
     lk.unlock();
     Status st = produce(job);
@@ -186,6 +215,7 @@ void CompileCache::worker() {
     } else {
       stats_.build_failures++;
       stats_.last_failure = st.error().message;
+      given_up_.insert(job.key);
     }
     cv_.notify_all();
   }
@@ -193,7 +223,9 @@ void CompileCache::worker() {
 
 Status CompileCache::produce(const Job& job) {
   // The module goes in through a socket (send() with MSG_NOSIGNAL: a producer that died
-  // early must not SIGPIPE the application), the code comes out through a pipe.
+  // early must not SIGPIPE the application), the code comes out through a pipe. The
+  // producer is started like an extension: a pidfd from the start, no descriptor of ours
+  // but these two, signals at their defaults.
   int in[2], out[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, in) != 0) {
     return make_error(Code::Internal, std::string("socketpair: ") + strerror(errno));
@@ -203,36 +235,52 @@ Status CompileCache::produce(const Job& job) {
     close(in[1]);
     return make_error(Code::Internal, std::string("pipe: ") + strerror(errno));
   }
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-  posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-  const std::string mem = std::to_string(job.max_memory_mb);
-  std::vector<std::string> args = {binary_, "--log-level", "error", "compile", "--max-memory-mb", mem,
-                                   "--lazy-compilation", job.engine.lazy_compilation ? "on" : "off",
-                                   "--guard-regions", std::string(to_string(job.engine.guard_regions)),
-                                   "--sandbox", sandbox_ ? "on" : "off"};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  char* envp[] = {nullptr};  // nothing inherited, as for extensions
-  pid_t pid = 0;
-  const int err = posix_spawn(&pid, binary_.c_str(), &fa, nullptr, argv.data(), envp);
-  posix_spawn_file_actions_destroy(&fa);
+  SpawnSpec spec;
+  spec.argv = {binary_, "--log-level", "off", "compile", "--max-memory-mb", std::to_string(job.max_memory_mb),
+               "--lazy-compilation", job.engine.lazy_compilation ? "on" : "off",
+               "--guard-regions", std::string(to_string(job.engine.guard_regions)),
+               "--sandbox", sandbox_.enabled ? "on" : "off"};
+  if (sandbox_.uid >= 0 && sandbox_.gid >= 0) {
+    spec.argv.insert(spec.argv.end(), {"--sandbox-user", std::to_string(sandbox_.uid) + ":" + std::to_string(sandbox_.gid)});
+  }
+  // Its stderr: a pipe of ours, read for the error message (an fd 2 left closed would be
+  // taken by the first file it opens).
+  int err[2];
+  if (pipe2(err, O_CLOEXEC) != 0) {
+    for (int fd : {in[0], in[1], out[0], out[1]}) close(fd);
+    return make_error(Code::Internal, std::string("pipe: ") + strerror(errno));
+  }
+  spec.fds = {{in[0], 0}, {out[1], 1}, {err[1], 2}};
+  auto child = spawn_process(spec);
   close(in[0]);
   close(out[1]);
-  if (err != 0) {
+  close(err[1]);
+  fcntl(err[0], F_SETFL, fcntl(err[0], F_GETFL) | O_NONBLOCK);
+  // What it said on stderr, at most 4 KiB, read once it has exited.
+  auto stderr_text = [fd = err[0]] {
+    std::string t;
+    char b[4096];
+    ssize_t n = read(fd, b, sizeof b);
+    if (n > 0) t.assign(b, static_cast<size_t>(n));
+    while (!t.empty() && (t.back() == '\n' || t.back() == '\r')) t.pop_back();
+    close(fd);
+    return t;
+  };
+  if (!child.ok()) {
     close(in[1]);
     close(out[0]);
-    return make_error(Code::Internal, "cannot start " + binary_ + ": " + strerror(err));
+    close(err[0]);
+    return make_error(Code::Internal, "cannot start " + binary_ + ": " + child.error().message);
   }
   {
     std::lock_guard lk(mu_);
-    running_pid_ = pid;
+    running_pidfd_ = child->pidfd;
+    if (stop_) signal_child(child->pidfd, SIGKILL);  // destroyed while it started
   }
   // It reads all of its input before it writes: no deadlock writing first.
   const bool sent = send_all(in[1], job.wasm.data(), job.wasm.size());
   close(in[1]);
+  fcntl(out[0], F_SETFL, fcntl(out[0], F_GETFL) | O_NONBLOCK);
   std::string code;
   bool too_big = false, timed_out = false;
   const auto deadline = std::chrono::steady_clock::now() + kBuildTimeout;
@@ -244,37 +292,53 @@ Status CompileCache::produce(const Job& job) {
       break;
     }
     pollfd p{out[0], POLLIN, 0};
-    if (poll(&p, 1, static_cast<int>(left.count())) < 0 && errno != EINTR) break;
+    const int ready = poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 1000)));
+    if (ready < 0 && errno != EINTR) break;
+    if (ready <= 0) continue;  // back to the deadline
     ssize_t n = read(out[0], buf, sizeof buf);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (n <= 0) break;
+    if (n <= 0) break;  // end of its output (or an error: the status below decides)
     code.append(buf, static_cast<size_t>(n));
-    if (code.size() > kMaxEntryBytes) {
+    if (code.size() > kMaxEntryBytes + 8) {
       too_big = true;
       break;
     }
   }
   close(out[0]);
+  if (timed_out || too_big) signal_child(child->pidfd, SIGKILL);
+  siginfo_t info{};
+  const int w = waitid(static_cast<idtype_t>(3 /* P_PIDFD */), static_cast<id_t>(child->pidfd), &info, WEXITED);
   {
     std::lock_guard lk(mu_);
-    if (timed_out || too_big) kill(pid, SIGKILL);  // our child, not yet reaped
-    running_pid_ = 0;
+    running_pidfd_ = -1;
   }
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
+  close(child->pidfd);
+  const std::string said = stderr_text();
   if (timed_out) return make_error(Code::Timeout, "compiling took over 2 minutes");
   if (too_big) return make_error(Code::ResourceExhausted, "the code is over 256 MiB");
-  if (!sent || !WIFEXITED(status) || WEXITSTATUS(status) != 0 || code.empty()) {
-    return make_error(Code::Internal, "airlock-extension compile failed (status " + std::to_string(status) + ")");
+  // Only a clean exit counts (no status, as when someone else reaped it, is a failure),
+  // and only output whose length prefix matches: a producer that died half-way through
+  // writing leaves no entry.
+  if (w != 0 || info.si_code != CLD_EXITED || info.si_status != 0 || !sent) {
+    return make_error(Code::Internal, "airlock-extension compile failed (" +
+                                          (w != 0 ? std::string("no exit status") :
+                                           info.si_code == CLD_EXITED ? "exit status " + std::to_string(info.si_status)
+                                                                      : "killed by signal " + std::to_string(info.si_status)) +
+                                          ")" + (said.empty() ? "" : ": " + said));
   }
+  uint64_t declared = 0;
+  if (code.size() < 8 || (std::memcpy(&declared, code.data(), 8), declared != code.size() - 8) || declared == 0) {
+    return make_error(Code::Internal, "airlock-extension compile wrote " + std::to_string(code.size()) +
+                                          " bytes, not a length and that much code");
+  }
+  code.erase(0, 8);
   // Written whole under a temporary name, then renamed: a reader sees all or nothing.
   std::string file = kMagic + job.key;
   const uint64_t len = code.size();
   file.append(reinterpret_cast<const char*>(&len), 8);
   file += sha256(code);
   file += code;
-  const std::string path = dir_ + "/" + job.key + ".code", tmp = path + ".tmp" + std::to_string(pid);
+  const std::string path = dir_ + "/" + job.key + ".code", tmp = path + ".tmp" + std::to_string(child->pid);
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
     f.write(file.data(), static_cast<std::streamsize>(file.size()));

@@ -31,7 +31,7 @@ namespace airlock::detail {
 
 class CompileCache {
  public:
-  CompileCache(std::string dir, std::string extension_binary, bool sandbox);
+  CompileCache(std::string dir, std::string extension_binary, SandboxOptions sandbox);
   ~CompileCache();  // a producer still running is killed
 
   // The entry's name for these bytes loaded with this memory limit under these options.
@@ -57,13 +57,16 @@ class CompileCache {
   Status produce(const Job& job);  // runs airlock-extension compile, writes the entry
 
   const std::string dir_, binary_, binary_identity_;
-  const bool sandbox_;
+  const SandboxOptions sandbox_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> queue_;
   std::set<std::string> pending_;  // keys queued or being built
+  std::set<std::string> given_up_;  // keys whose build failed, or that were refused twice
+  std::set<std::string> rebuilt_after_rejection_;
+  size_t queue_bytes_ = 0;
   bool busy_ = false, stop_ = false;
-  int running_pid_ = 0;  // the producer now running (our unreaped child: safe to kill)
+  int running_pidfd_ = -1;  // the producer now running
   CompileCacheStats stats_;
   std::thread thread_;
 };

@@ -44,7 +44,7 @@ HostImpl::HostImpl(HostOptions o) : opts(std::move(o)) {
                                                          "' is not a level (trace, debug, info, warn, error, critical, off)");
   }
   if (!opts.compile_cache_dir.empty() && !binary.empty()) {
-    compile_cache = std::make_unique<CompileCache>(opts.compile_cache_dir, binary, opts.sandbox.enabled);
+    compile_cache = std::make_unique<CompileCache>(opts.compile_cache_dir, binary, opts.sandbox);
   }
   uv_loop_init(&loop_);
   if (!binary.empty() && opts.use_zygote) {
@@ -126,6 +126,8 @@ Result<Extension> HostImpl::spawn(ExtensionOptions o) {
   if (binary.empty()) return binary_error;
   if (on_loop_thread()) return make_error(Code::InvalidArgument, "spawn() must not be called from a call callback");
   auto e = std::make_shared<ExtensionState>(this, std::move(o), opts.limits);
+  e->engine = resolved_engine(*e);  // once: every restart and every cache key use this
+  e->compile_cache = compile_cache && e->engine.tier_up && !e->engine.lazy_compilation ? compile_cache.get() : nullptr;
   {
     std::lock_guard lk(ext_mu_);
     if (extensions_.count(e->opts.name)) {
@@ -323,8 +325,8 @@ Status Extension::load(const std::string& skill, std::string wasm, std::string p
                          limits ? *limits : (s_->opts.limits ? *s_->opts.limits : s_->host->opts.default_limits)};
   auto s = s_;
   // The compile cache, on this (the caller's) thread: it reads a file.
-  auto* cache = s->host->uses_compile_cache(*s) ? s->host->compile_cache.get() : nullptr;
-  const EngineOptions engine = s->host->resolved_engine(*s);
+  auto* cache = s->compile_cache;
+  const EngineOptions& engine = s->engine;
   std::string cache_key;
   std::shared_ptr<std::string> compiled;  // moved into the frame (built once)
   bool found = false;

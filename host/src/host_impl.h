@@ -95,6 +95,11 @@ struct ServiceCallState {
 // the I/O thread; the atomics may be read anywhere.
 class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
  public:
+  // Decided at spawn and fixed for its life (HostImpl::resolved_engine): the engine
+  // options, and the compile cache it uses (null: none; the cache keeps TurboFan code,
+  // so none with lazy compilation or without tier-up).
+  EngineOptions engine;
+  class CompileCache* compile_cache = nullptr;
   ExtensionState(HostImpl* host, ExtensionOptions opts, const HostLimits& limits)
       : host(host), opts(std::move(opts)), log_gate(limits.log_lines_per_second) {}
   HostImpl* host;
@@ -184,7 +189,6 @@ class HostImpl {
 
   std::unique_ptr<class CompileCache> compile_cache;  // HostOptions::compile_cache_dir
   EngineOptions resolved_engine(const ExtensionState& e) const;  // supervisor.cc
-  bool uses_compile_cache(const ExtensionState& e) const;
   // Host::serve_metrics(); reset first in ~Host.
   std::mutex metrics_mu;
   std::unique_ptr<class MetricsEndpoint> metrics;

@@ -21,19 +21,13 @@ namespace {
 proto::Encoding encoding_of(Transport t) { return t == Transport::Grpc ? proto::Encoding::Grpc : proto::Encoding::Msgpack; }
 }  // namespace
 
-// The extension's engine options with GuardRegions::Auto decided here, by the host, so
-// that an extension and a compile-cache producer can never disagree about it.
+// The extension's engine options with GuardRegions::Auto decided here, by the host, once
+// per extension (at spawn), so that its processes and its compile-cache producers can
+// never disagree about it: code compiled for guard regions has no bounds checks.
 EngineOptions HostImpl::resolved_engine(const ExtensionState& e) const {
   EngineOptions eng = e.opts.engine ? *e.opts.engine : opts.engine;
   if (eng.guard_regions == GuardRegions::Auto) eng.guard_regions = guard_regions_fit() ? GuardRegions::On : GuardRegions::Off;
   return eng;
-}
-
-// The cache keeps TurboFan code: with lazy compilation or without tier-up there is none
-// to keep (and V8 refuses code compiled under other flags).
-bool HostImpl::uses_compile_cache(const ExtensionState& e) const {
-  const EngineOptions eng = resolved_engine(e);
-  return compile_cache && eng.tier_up && !eng.lazy_compilation;
 }
 
 void HostImpl::start_process(const std::shared_ptr<ExtensionState>& e) {
@@ -56,10 +50,10 @@ void HostImpl::start_process(const std::shared_ptr<ExtensionState>& e) {
     argv.insert(argv.end(), {"--sandbox-user", std::to_string(opts.sandbox.uid) + ":" + std::to_string(opts.sandbox.gid)});
   }
   for (const auto& p : e->opts.readable) argv.insert(argv.end(), {"--readable", p});
-  const EngineOptions eng = resolved_engine(*e);
+  const EngineOptions& eng = e->engine;
   argv.insert(argv.end(), {"--lazy-compilation", eng.lazy_compilation ? "on" : "off", "--tier-up",
                            eng.tier_up ? "on" : "off", "--guard-regions", std::string(to_string(eng.guard_regions)),
-                           "--cacheable-code", uses_compile_cache(*e) ? "on" : "off"});
+                           "--cacheable-code", e->compile_cache ? "on" : "off"});
   auto side = shm::FdChannel::pair();
   if (!side.ok()) {
     if (e->on_ready) std::exchange(e->on_ready, nullptr)(side.take_error());

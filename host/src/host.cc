@@ -312,16 +312,19 @@ Status Extension::load_skill(const std::string& skill, const std::string& wasm_p
   if (!f) return make_error(Code::NotFound, s_->label() + ": skill '" + skill + "': cannot read '" + wasm_path + "'");
   std::string bytes((std::istreambuf_iterator<char>(f)), {});
   if (f.bad()) return make_error(Code::NotFound, s_->label() + ": skill '" + skill + "': error reading '" + wasm_path + "'");
-  return load(skill, std::move(bytes), "", limits);
+  auto shared = std::make_shared<const std::string>(std::move(bytes));
+  return load(skill, shared, *shared, "", limits);
 }
 
 Status Extension::load_skill_bytes(const std::string& skill, std::span<const uint8_t> wasm, std::optional<SkillLimits> limits) {
-  return load(skill, std::string(reinterpret_cast<const char*>(wasm.data()), wasm.size()), "", limits);
+  auto shared = std::make_shared<const std::string>(reinterpret_cast<const char*>(wasm.data()), wasm.size());
+  return load(skill, shared, *shared, "", limits);
 }
 
 // The skill is remembered (for reloading after a restart) only once it has loaded.
-Status Extension::load(const std::string& skill, std::string wasm, std::string path, std::optional<SkillLimits> limits) {
-  detail::LoadedSkill ls{std::move(wasm), std::move(path),
+Status Extension::load(const std::string& skill, std::shared_ptr<const void> keep, std::string_view wasm, std::string path,
+                       std::optional<SkillLimits> limits) {
+  detail::LoadedSkill ls{std::move(keep), wasm, std::move(path),
                          limits ? *limits : (s_->opts.limits ? *s_->opts.limits : s_->host->opts.default_limits)};
   auto s = s_;
   // The compile cache, on this (the caller's) thread: it reads a file.
@@ -364,13 +367,13 @@ Status Extension::load(const std::string& skill, std::string wasm, std::string p
     // The extension's word decides nothing but whether to build: an entry it says it
     // refused is deleted and built again by a process of our own.
     if (!found) {
-      cache->build(cache_key, ls.wasm, ls.limits.max_memory_mb, engine);
+      cache->build(cache_key, std::string(ls.wasm), ls.limits.max_memory_mb, engine);
     } else if (!compiled) {
       // Found but too large to send: left as it is.
     } else if (*r == "cache: hit") {
       cache->hit();
     } else {
-      cache->rejected(cache_key, ls.wasm, ls.limits.max_memory_mb, engine);
+      cache->rejected(cache_key, std::string(ls.wasm), ls.limits.max_memory_mb, engine);
     }
   }
   return ok_status();

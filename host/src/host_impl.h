@@ -53,7 +53,10 @@ class HostImpl;
 class ExtensionState;
 
 struct LoadedSkill {
-  std::string wasm;  // bytes (load_skill_bytes) ...
+  // The module bytes (load_skill_bytes), shared with whoever else holds them (a SkillSet
+  // keeps every module it places: one copy in the host, not one more per load) ...
+  std::shared_ptr<const void> keep;
+  std::string_view wasm;
   std::string path;  // ... or a path the extension reads
   SkillLimits limits;
 };

@@ -384,7 +384,9 @@ class Extension {
   bool on_io_thread() const;  // the host's I/O thread: where blocking methods would deadlock
   explicit Extension(std::shared_ptr<detail::ExtensionState> s) : s_(std::move(s)) {}
   Result<proto::ShmRef> share(const Payload& in);  // sends the buffer's fd once, checks the slice
-  Status load(const std::string& skill, std::string wasm, std::string path, std::optional<SkillLimits> limits);
+  // `wasm` stays valid while `keep` lives.
+  Status load(const std::string& skill, std::shared_ptr<const void> keep, std::string_view wasm, std::string path,
+              std::optional<SkillLimits> limits);
   std::shared_ptr<detail::ExtensionState> s_;
 };
 

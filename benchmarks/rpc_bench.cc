@@ -2,6 +2,12 @@
 // beside the same call in-process (local_*) and the floors (raw_socketpair, memcpy_*).
 // Every test is a row of the table in make_tests(): a name, a transport, a category,
 // its baseline and a prepare() that returns one measured step (or why it cannot run).
+#include <grpcpp/create_channel_posix.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/server_posix.h>
+#include <spawn.h>
+
+#include "airlock.grpc.pb.h"
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -145,6 +151,104 @@ struct TestDef {
 };
 
 Prepared failed(std::string why) { return {nullptr, "", std::move(why)}; }
+
+// raw_grpc_bidi: the bare gRPC floor. A child (this binary again, exec'ed: a forked
+// gRPC process is not safe) serves Airlock's own bidi stream (Extension.Session) over
+// its end of a socketpair, echoing every Frame; we ping 8 bytes and wait for the echo
+// with the sync API, on the same build, service and channel arguments as Airlock's
+// transport (proto/grpc_channel.cc): what a gRPC call costs with nothing of Airlock's.
+constexpr const char* kRawGrpcServerFlag = "--raw-grpc-server-fd";
+grpc::ChannelArguments raw_grpc_args() {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  return args;
+}
+int raw_grpc_server(int fd) {
+  // The async API, as Airlock's extension side.
+  airlock::v1::Extension::AsyncService service;
+  grpc::ServerBuilder b;
+  b.RegisterService(&service);
+  b.SetMaxReceiveMessageSize(64 << 20);
+  b.SetMaxSendMessageSize(64 << 20);
+  b.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  auto cq = b.AddCompletionQueue();
+  auto server = b.BuildAndStart();
+  if (!server) return 1;
+  // gRPC takes a server's fd as it is: a blocking one stalls its poller (as in
+  // proto/grpc_channel.cc).
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  grpc::AddInsecureChannelFromFd(server.get(), fd);
+  grpc::ServerContext ctx;
+  grpc::ServerAsyncReaderWriter<airlock::v1::Frame, airlock::v1::Frame> stream(&ctx);
+  airlock::v1::Frame f;
+  enum : intptr_t { kNew = 1, kRead, kWrite };
+  service.RequestSession(&ctx, &stream, cq.get(), cq.get(), reinterpret_cast<void*>(kNew));
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq->Next(&tag, &ok)) {
+    if (!ok) break;  // the client went away
+    switch (reinterpret_cast<intptr_t>(tag)) {
+      case kNew:
+      case kWrite: stream.Read(&f, reinterpret_cast<void*>(kRead)); break;
+      case kRead: stream.Write(f, reinterpret_cast<void*>(kWrite)); break;
+    }
+  }
+  _exit(0);  // the one session is over: so is this process
+}
+Prepared prepare_raw_grpc_bidi(const Config& cfg) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return failed(std::string("socketpair: ") + strerror(errno));
+  const int child_fd = fcntl(sv[1], F_DUPFD, 3);  // without CLOEXEC: the child's
+  close(sv[1]);
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return failed("cannot find this program (/proc/self/exe)");
+  self[n] = 0;
+  const std::string fd_arg = std::to_string(child_fd);
+  char* argv[] = {self, const_cast<char*>(kRawGrpcServerFlag), const_cast<char*>(fd_arg.c_str()), nullptr};
+  pid_t pid = 0;
+  const int err = posix_spawn(&pid, self, nullptr, nullptr, argv, environ);
+  close(child_fd);
+  if (err != 0) {
+    close(sv[0]);
+    return failed(std::string("posix_spawn: ") + strerror(err));
+  }
+  struct Peer {
+    pid_t pid;
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<airlock::v1::Extension::Stub> stub;
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReaderWriter<airlock::v1::Frame, airlock::v1::Frame>> stream;
+    ~Peer() {
+      if (stream) stream->WritesDone();
+      stream.reset();
+      ctx.TryCancel();
+      stub.reset();
+      channel.reset();
+      kill(pid, SIGKILL);  // our own child, not yet reaped
+      waitpid(pid, nullptr, 0);
+    }
+  };
+  auto peer = std::make_shared<Peer>();
+  peer->pid = pid;
+  peer->channel = grpc::CreateCustomInsecureChannelFromFd("airlock", sv[0], raw_grpc_args());  // owns sv[0]
+  peer->stub = airlock::v1::Extension::NewStub(peer->channel);
+  peer->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::hours(1));
+  peer->stream = peer->stub->Session(&peer->ctx);
+  (void)cfg;
+  return {[peer](milliseconds) -> Timed {
+            airlock::v1::Frame out, in;
+            out.mutable_request()->set_payload(std::string("\x01\x02\x03\x04\x05\x06\x07\x08", 8));
+            auto t0 = Clock::now();
+            if (!peer->stream->Write(out)) return {0, "the stream closed (write)"};
+            if (!peer->stream->Read(&in)) return {0, "the stream closed (read)"};
+            double us = us_since(t0);
+            return {us, in.request().payload() == out.request().payload() ? "" : "wrong bytes echoed"};
+          },
+          "", ""};
+}
 
 // raw_socketpair: a forked child echoes 8 bytes with blocking read/write. The floor of
 // any IPC round trip between two processes on this machine. Unpinned, the scheduler may
@@ -519,6 +623,7 @@ std::vector<TestDef> make_tests(Contexts& cx, const std::vector<std::string>& tr
   std::vector<TestDef> t;
   t.push_back({"raw_socketpair", "raw", "baseline", "", [&cfg] { return prepare_raw_socketpair(cfg); }});
   t.push_back({"raw_socketpair_cross_cpu", "raw", "baseline", "", [&cfg] { return prepare_raw_socketpair(cfg, true); }});
+  t.push_back({"raw_grpc_bidi", "raw", "baseline", "", [&cfg] { return prepare_raw_grpc_bidi(cfg); }});
   t.push_back({"memcpy_8mb", "raw", "baseline", "", [] { return prepare_memcpy(8 * kMiB); }});
   t.push_back({"memcpy_50mb", "raw", "baseline", "", [] { return prepare_memcpy(50 * kMiB); }});
   const std::vector<std::pair<std::string, std::string>> kinds = {
@@ -740,6 +845,13 @@ int print_report(const std::vector<Row>& rows, const Config& cfg, const std::str
            have ? r->s.median / (raw->s.median + local->s.median) : kNaN, 1.3);
     target("msgpack small_int p99 vs its median", r, r->status == "ok" ? r->s.p99 / r->s.median : kNaN, 3);
   }
+  if (const Row* r = get("small_int", "grpc")) {
+    const Row* raw = get("raw_grpc_bidi", "raw");
+    const Row* local = get("local_small_int", "local");
+    const bool have = r->status == "ok" && raw && raw->status == "ok" && local && local->status == "ok";
+    target("grpc small_int median vs (raw_grpc_bidi + local_small_int)", r,
+           have ? r->s.median / (raw->s.median + local->s.median) : kNaN, 1.3);
+  }
   for (const auto& tr : {std::string("msgpack"), std::string("grpc")}) {
     const Row* small = get("small_int", tr);
     const bool have = small && small->status == "ok";
@@ -767,6 +879,7 @@ int print_report(const std::vector<Row>& rows, const Config& cfg, const std::str
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 3 && std::string_view(argv[1]) == kRawGrpcServerFlag) return raw_grpc_server(std::atoi(argv[2]));
   CLI::App app{"rpc_bench: the cost of a skill call across the process boundary (msgpack, gRPC), beside the same\n"
                "call in-process (local_*) and the floors (raw_socketpair, memcpy_*). Table on stdout, progress on stderr."};
   Config cfg;

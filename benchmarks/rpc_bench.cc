@@ -837,20 +837,16 @@ int print_report(const std::vector<Row>& rows, const Config& cfg, const std::str
   }
   // Calls at the machine's floor (issue 12): a small call within 1.3x of a bare round
   // trip plus the in-process call, a steady p99; chains and recursion in proportion.
-  if (const Row* r = get("small_int", "msgpack")) {
-    const Row* raw = get("raw_socketpair", "raw");
+  // Each transport against its own floor: the bare round trip of its kind plus the call.
+  for (const auto& [tr, floor] : {std::pair<std::string, std::string>{"msgpack", "raw_socketpair"}, {"grpc", "raw_grpc_bidi"}}) {
+    const Row* r = get("small_int", tr);
+    if (!r) continue;
+    const Row* raw = get(floor, "raw");
     const Row* local = get("local_small_int", "local");
     const bool have = r->status == "ok" && raw && raw->status == "ok" && local && local->status == "ok";
-    target("msgpack small_int median vs (raw_socketpair + local_small_int)", r,
+    target(tr + " small_int median vs (" + floor + " + local_small_int)", r,
            have ? r->s.median / (raw->s.median + local->s.median) : kNaN, 1.3);
-    target("msgpack small_int p99 vs its median", r, r->status == "ok" ? r->s.p99 / r->s.median : kNaN, 3);
-  }
-  if (const Row* r = get("small_int", "grpc")) {
-    const Row* raw = get("raw_grpc_bidi", "raw");
-    const Row* local = get("local_small_int", "local");
-    const bool have = r->status == "ok" && raw && raw->status == "ok" && local && local->status == "ok";
-    target("grpc small_int median vs (raw_grpc_bidi + local_small_int)", r,
-           have ? r->s.median / (raw->s.median + local->s.median) : kNaN, 1.3);
+    if (tr == "msgpack") target("msgpack small_int p99 vs its median", r, r->status == "ok" ? r->s.p99 / r->s.median : kNaN, 3);
   }
   for (const auto& tr : {std::string("msgpack"), std::string("grpc")}) {
     const Row* small = get("small_int", tr);

@@ -52,6 +52,8 @@ HostImpl::HostImpl(HostOptions o) : opts(std::move(o)) {
   }
   uv_async_init(&loop_, &wake_, [](uv_async_t* a) { static_cast<HostImpl*>(a->data)->drain_posted(); });
   wake_.data = this;
+  uv_timer_init(&loop_, &backstop_);
+  backstop_.data = this;
   std::promise<void> started;
   thread_ = std::thread([this, &started] {
     // A write to a socket whose extension just died must be EPIPE, not SIGPIPE (which
@@ -75,6 +77,7 @@ HostImpl::~HostImpl() {
     closing_ = true;
     zygote_.reset();  // kills and reaps it; closes its handles on this loop
     uv_close(reinterpret_cast<uv_handle_t*>(&wake_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&backstop_), nullptr);
   });
   thread_.join();
   {
@@ -100,6 +103,14 @@ void HostImpl::post(std::function<void()> fn) {
     queue_.push_back(std::move(fn));
   }
   uv_async_send(&wake_);
+}
+
+void HostImpl::post_for(const std::shared_ptr<ExtensionState>& e, std::function<void()> fn) {
+  e->posted_ops++;
+  post([e, fn = std::move(fn)] {
+    fn();
+    e->posted_ops--;
+  });
 }
 
 void HostImpl::drain_posted() {
@@ -298,7 +309,7 @@ CallResult control(const std::shared_ptr<ExtensionState>& s, std::function<proto
   }
   auto p = std::make_shared<std::promise<CallResult>>();
   uint64_t id = host->next_id();
-  host->post([s, host, id, make = std::move(make), p] {
+  host->post_for(s, [s, host, id, make = std::move(make), p] {
     host->send_call(s, id, make(id), 60s, [p](CallResult r) { p->set_value(std::move(r)); }, {}, false);
   });
   return p->get_future().get();
@@ -456,12 +467,17 @@ CallId Extension::call_async(std::string_view skill, const Payload& input, const
   }
   auto s = s_;
   const size_t posted = req.payload.size();
-  s->posted_bytes += posted;
   detail::ChainInfo info{1, s->opts.name + "/" + std::string(skill), std::chrono::steady_clock::now() + timeout};
-  host->post([s, host, id, req = std::move(req), timeout, done = std::move(done), info = std::move(info), posted,
-              view = opts.output_view]() mutable {
+  proto::Frame frame = std::move(req);
+  std::shared_ptr<OutputView> view = opts.output_view;
+  // The calling thread writes the request itself when it can (calls.cc): the loop
+  // thread is not woken to send it.
+  if (!host->on_loop_thread() && host->send_direct(s, id, frame, timeout, done, info, view)) return id;
+  s->posted_bytes += posted;
+  host->post_for(s, [s, host, id, frame = std::move(frame), timeout, done = std::move(done), info = std::move(info), posted,
+                     view = std::move(view)]() mutable {
     s->posted_bytes -= posted;
-    host->send_call(s, id, std::move(req), timeout, std::move(done), std::move(info), true, std::move(view));
+    host->send_call(s, id, std::move(frame), timeout, std::move(done), std::move(info), true, std::move(view));
   });
   return id;
 }
@@ -482,7 +498,7 @@ CallResult Extension::call(std::string_view skill, const Payload& input, const C
 
 void Extension::cancel(CallId id) {
   auto s = s_;
-  s->host->post([s, id] { s->host->cancel_call(s, id); });
+  s->host->post_for(s, [s, id] { s->host->cancel_call(s, id); });
 }
 
 void Extension::stop(std::chrono::milliseconds grace) {
@@ -492,7 +508,7 @@ void Extension::stop(std::chrono::milliseconds grace) {
     return;
   }
   auto p = std::make_shared<std::promise<void>>();
-  s->host->post([s, grace, p] { s->host->stop_extension(s, grace, [p] { p->set_value(); }); });
+  s->host->post_for(s, [s, grace, p] { s->host->stop_extension(s, grace, [p] { p->set_value(); }); });
   p->get_future().wait();
 }
 

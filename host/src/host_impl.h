@@ -123,8 +123,24 @@ class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
   std::unique_ptr<proto::Channel> channel;
   uv_poll_t* exit_watch = nullptr;
   std::unordered_map<uint64_t, PendingCall> pending;
-  size_t counted_pending = 0;       // entries of `pending` that count toward max_calls_in_flight
+  // Entries of `pending` and `arrivals` that count toward max_calls_in_flight (any thread).
+  std::atomic<size_t> counted_pending{0};
   uint64_t unanswered_ended = 0;    // calls we ended without an answer (timeout, cancel): a late answer is fine
+  // The caller's-thread path (calls.cc, send_direct): a call the calling thread wrote to
+  // the socket itself waits here until the loop takes it into `pending`
+  // (adopt_arrivals), which it does before it reads `pending` for any reason.
+  struct Arrival {
+    uint64_t id;
+    PendingCall pc;
+    std::chrono::milliseconds timeout;
+  };
+  std::mutex direct_mu;
+  std::shared_ptr<proto::DirectSender> direct;  // [direct_mu] the current process's channel's, if it has one
+  std::vector<Arrival> arrivals;                // [direct_mu]
+  std::atomic<bool> has_arrivals{false};
+  // Work posted to the loop that sends this extension a frame, not yet run: a later call
+  // from the same thread must not overtake it (a load, say), so it is posted too.
+  std::atomic<uint32_t> posted_ops{0};
   std::map<std::string, LoadedSkill> skills;  // reloaded after a restart
   uint32_t loads_in_flight = 0;
   // Open service calls, by the host request they were made under (cancelled with it).
@@ -183,6 +199,8 @@ class HostImpl {
   ~HostImpl();
 
   void post(std::function<void()> fn);
+  // post() for work that sends `e` a frame (ExtensionState::posted_ops).
+  void post_for(const std::shared_ptr<ExtensionState>& e, std::function<void()> fn);
   bool on_loop_thread() const { return std::this_thread::get_id() == loop_thread_id_; }
 
   Result<Extension> spawn(ExtensionOptions opts);
@@ -213,6 +231,14 @@ class HostImpl {
   // Ends a pending call: its timer, its chain's open service calls, then `done`.
   void complete_pending(ExtensionState& e, uint64_t id, CallResult r);
   void cancel_call(const std::shared_ptr<ExtensionState>& e, uint64_t id);
+  // [any thread] Writes a call on the calling thread, skipping the loop. False: nothing
+  // was sent and nothing taken from the arguments; post send_call() instead.
+  bool send_direct(const std::shared_ptr<ExtensionState>& e, uint64_t id, const proto::Frame& frame,
+                   std::chrono::milliseconds timeout, Done& done, ChainInfo& info, std::shared_ptr<OutputView>& view);
+  // Moves calls sent on callers' threads into `pending`, with their deadline timers.
+  void adopt_arrivals(ExtensionState& e);
+  // Sets e.direct: the channel's sender while the extension is ready, else none.
+  void set_direct(ExtensionState& e, bool on);
   void fail_pending(ExtensionState& e, const Error& err);
 
   uint64_t next_id() { return next_id_.fetch_add(1, std::memory_order_relaxed); }
@@ -239,6 +265,14 @@ class HostImpl {
 
  private:
   void drain_posted();
+  // The backstop for calls sent on callers' threads (calls.cc): one timer that fires no
+  // later than the deadline of any call not yet adopted, so a caller wakes the loop only
+  // when its deadline is earlier than the timer's (calls with one timeout never do).
+  void arm_backstop();
+  void on_backstop();
+  uv_timer_t backstop_{};
+  std::atomic<int64_t> backstop_at_{INT64_MAX};    // steady_clock ns; INT64_MAX: not armed
+  std::atomic<int64_t> backstop_period_{INT64_MAX};  // shortest timeout (ns) sent directly since it fired
   void on_process_exit(const std::shared_ptr<ExtensionState>& e);
   CallResult take_shared_output(const std::shared_ptr<ExtensionState>& e, const proto::Response& r, OutputView* view);
   void reload_skills(const std::shared_ptr<ExtensionState>& e, std::function<void(Status)> done);

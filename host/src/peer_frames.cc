@@ -23,6 +23,7 @@ constexpr uint64_t kExtensionIdBit = 1ull << 63;
 }  // namespace
 
 void HostImpl::on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&& f) {
+  adopt_arrivals(*e);  // calls sent on callers' threads: this may answer one
   if (e->channel) e->queued_bytes = e->channel->queued_bytes();  // it reads: what waits may have shrunk
   if (auto* r = std::get_if<proto::Response>(&f)) {
     const uint64_t id = r->id;
@@ -81,6 +82,7 @@ void HostImpl::on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&&
     auto finish = [this, e](Status st) {
       if (st.ok()) {
         e->ready = true;
+        set_direct(*e, true);
         schedule_health(e);
       }
       if (e->on_ready) std::exchange(e->on_ready, nullptr)(std::move(st));
@@ -182,6 +184,7 @@ void HostImpl::on_channel_closed(const std::shared_ptr<ExtensionState>& e, const
   // EOF usually means the process is exiting: its exit watcher reports that. Anything
   // else (a malformed or oversized frame) means we can no longer trust the peer.
   e->ready = false;
+  set_direct(*e, false);
   auto closed = std::move(e->channel);  // closed already; destroyed when this callback has returned
   if (closed) post([ch = std::shared_ptr<proto::Channel>(std::move(closed))] {});
   if (err.code != Code::Unavailable) return cut_off(e, "disconnected: " + err.message);

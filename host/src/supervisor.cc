@@ -139,6 +139,7 @@ void HostImpl::cut_off(const std::shared_ptr<ExtensionState>& e, const std::stri
   // Calls made before the exit is reaped must see why, not a bare "channel closed".
   e->down_reason = "was cut off (" + why + ")";
   e->ready = false;
+  set_direct(*e, false);
   if (e->channel) {
     auto ch = std::move(e->channel);
     ch->close();  // may run inside this channel's on_frame: it is destroyed after the callback returns
@@ -187,6 +188,7 @@ void HostImpl::on_process_exit(const std::shared_ptr<ExtensionState>& e) {
   Error err = expected ? make_error(Code::Cancelled, e->label() + " was stopped")
                        : make_error(Code::ExtensionCrashed, e->label() + " " + how);
   e->ready = false;
+  set_direct(*e, false);
   if (e->channel) e->channel->close();
   e->channel.reset();
   uv_poll_stop(e->exit_watch);
@@ -294,6 +296,7 @@ void HostImpl::send_health(const std::shared_ptr<ExtensionState>& e) {
 void HostImpl::stop_extension(const std::shared_ptr<ExtensionState>& e, std::chrono::milliseconds grace,
                               std::function<void()> done) {
   e->stopping = true;
+  set_direct(*e, false);
   LoopTimer::stop(e->restart_timer);
   LoopTimer::stop(e->health_timer);
   if (e->proc.pidfd < 0) return done();

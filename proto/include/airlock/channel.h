@@ -6,7 +6,8 @@
 // Whatever the encoding, the rest of Airlock sees only this interface.
 //
 // Threading: create, use and destroy a channel on its libuv loop's thread; callbacks
-// run on that thread.
+// run on that thread. The one exception is direct_sender(): frames written from another
+// thread, so that a caller's request need not wait for the loop thread to wake up.
 #pragma once
 
 #include <uv.h>
@@ -32,6 +33,18 @@ struct ChannelCallbacks {
   std::function<void(const Error&)> on_closed;
 };
 
+// Writes frames from any thread, straight to the socket, beside the loop's own writes
+// (one lock: frames never interleave). Returned by Channel::direct_sender(); it may
+// outlive its channel, and then refuses everything.
+class DirectSender {
+ public:
+  virtual ~DirectSender() = default;
+  // True: the frame is committed, written whole or its tail queued for the loop thread
+  // to finish. False: nothing of it was written (the channel is closed, the frame is too
+  // large, or the queue is full): send it through the loop, which reports why.
+  virtual bool try_send(const Frame& frame) = 0;
+};
+
 class Channel {
  public:
   virtual ~Channel() = default;
@@ -45,6 +58,8 @@ class Channel {
   // Stops reading and writing and releases the socket; idempotent.
   virtual void close() = 0;
   virtual Encoding encoding() const = 0;
+  // The channel's DirectSender (loop thread); null once closed.
+  virtual std::shared_ptr<DirectSender> direct_sender() { return nullptr; }
 };
 
 // Sends an answer; if the channel refuses it (too large for a frame), sends a small

@@ -1,15 +1,31 @@
 // The msgpack channel: length-prefixed msgpack frames on the socket, driven by libuv.
 //
-// The socket is watched with a uv_poll_t and read and written with plain recv/send, so
-// that a thread other than the loop's may write too (DirectSender): a caller's request
-// goes out on the caller's thread instead of waking the loop thread to send it, one
-// thread wake-up fewer per call. One mutex (WriteSide::mu) orders every write, the
-// loop's and the callers'; frames are encoded outside it.
+// The socket is read and written with plain recv/send, so that threads other than the
+// loop's may use it too: a caller's request goes out on the caller's thread
+// (DirectSender) instead of waking the loop thread to send it, and a caller waiting for
+// its answer may read the socket itself (DirectReader, "leader/follower"), so the answer
+// wakes that thread only. A small call then wakes 2 threads (extension, caller), as a
+// bare ping-pong does, instead of 3 (extension, loop, caller).
 //
-// Writes go out at once when the socket has room; what does not fit is queued, and
-// frames sent meanwhile are appended (one syscall for many small frames, which a burst
-// of 1,000 calls needs: the socket buffer holds ~280). Only the loop thread watches for
-// writability; a caller that leaves bytes queued wakes it (uv_async_t) to do so.
+// Writing: one mutex (WriteSide::mu) orders every write, the loop's and the callers';
+// frames are encoded outside it. Writes go out at once when the socket has room; what
+// does not fit is queued, and frames sent meanwhile are appended (one syscall for many
+// small frames, which a burst of 1,000 calls needs: the socket buffer holds ~280). Only
+// the loop thread watches for writability; a caller that leaves bytes queued wakes it
+// (uv_async_t) to do so.
+//
+// Reading: one mutex (ReadSide::mu) is the right to read; the loop takes it when it can
+// (try_lock), a leader while it waits. The loop does not watch the socket itself but an
+// epoll set holding it, so that a leader can take the socket out of the loop's sight
+// (EPOLL_CTL_DEL, then ADD when it is done: ADD reports data that came meanwhile) and the
+// loop thread sleeps through the answer. A leader hands the loop every frame it does not
+// consume, and from the first such frame on all frames go to the loop (`backlog`), so
+// frames are handled in the order they came; while the loop has frames to handle, no
+// thread leads.
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -18,6 +34,8 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <optional>
+#include <vector>
 
 #include "airlock/channel.h"
 #include "airlock/msgpack_codec.h"
@@ -107,6 +125,132 @@ struct WriteSide final : DirectSender {
   }
 };
 
+// The reading half, shared by the channel, the loop's handles and any DirectReader
+// holder (a leader keeps it alive while it reads).
+struct ReadSide final : DirectReader {
+  ReadSide(int fd, int epfd, int wakefd, uint32_t max_frame, std::shared_ptr<WriteSide> w)
+      : fd(fd), epfd(epfd), wakefd(wakefd), decoder(max_frame), w(std::move(w)) {}
+
+  const int fd;      // the socket (owned by WriteSide's user: closed with the handles)
+  const int epfd;    // the epoll set the loop's uv_poll_t watches; holds fd or nothing
+  const int wakefd;  // eventfd a leader polls beside fd: closing, or interrupt()
+  std::mutex mu;     // the right to read fd
+  MsgpackDecoder decoder;  // [mu]
+  std::mutex backlog_mu;
+  std::vector<Result<Frame>> backlog;  // [backlog_mu] read by a leader, for the loop, in order
+  // Frames read (by anyone) and not yet handled by the loop: while any, no one leads.
+  std::atomic<size_t> unprocessed{0};
+  std::atomic<bool> closing{false};
+  const std::shared_ptr<WriteSide> w;
+
+  // What the loop watches fd for: input unless a leader reads, room while bytes wait.
+  std::mutex interest_mu;
+  bool loop_reads = false;   // [interest_mu]
+  bool loop_writes = false;  // [interest_mu]
+  int leading = 0;           // [interest_mu] leaders in or leaving lead()
+  uint32_t registered = 0;   // [interest_mu] the events fd is in epfd with (0: not in it)
+
+  // [interest_mu] Out of the set rather than in it with no events: EPOLLHUP is
+  // reported whatever was asked for, and would wake the loop while a leader reads.
+  void apply_interest() {
+    const uint32_t want = (loop_reads && leading == 0 ? EPOLLIN : 0u) | (loop_writes ? EPOLLOUT : 0u);
+    if (want == registered || closing.load()) return;
+    epoll_event ev{};
+    ev.events = want;
+    const int op = want == 0 ? EPOLL_CTL_DEL : registered == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+    if (epoll_ctl(epfd, op, fd, &ev) == 0) registered = want;
+  }
+  void set_interest(bool reads, bool writes) {
+    std::lock_guard lk(interest_mu);
+    loop_reads = reads;
+    loop_writes = writes;
+    apply_interest();
+  }
+  void add_leader(int d) {
+    std::lock_guard lk(interest_mu);
+    leading += d;
+    apply_interest();
+  }
+
+  void hand_to_loop(Result<Frame>&& f) {
+    std::lock_guard lk(backlog_mu);
+    backlog.push_back(std::move(f));
+    unprocessed++;
+  }
+
+  bool lead(const std::function<bool(Frame&)>& take, const std::function<bool()>& finished,
+            std::chrono::steady_clock::time_point until) override {
+    if (closing.load() || unprocessed.load() != 0) return false;
+    std::unique_lock lk(mu, std::try_to_lock);
+    if (!lk.owns_lock() || closing.load()) return false;
+    add_leader(+1);
+    bool handed = false;
+    while (!handed && !closing.load() && unprocessed.load() == 0 && !finished()) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - std::chrono::steady_clock::now()).count();
+      if (left <= 0) break;
+      pollfd p[2] = {{fd, POLLIN, 0}, {wakefd, POLLIN, 0}};
+      const int r = ::poll(p, 2, static_cast<int>(std::min<int64_t>(left, 1 << 30)));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) break;
+      if (p[1].revents & POLLIN) {
+        uint64_t v;
+        (void)!::read(wakefd, &v, sizeof v);
+        continue;  // look at finished() and closing again
+      }
+      if (p[0].revents == 0) continue;
+      const Read got = read_some(take);
+      if (got == Read::Ended) break;  // back in the loop's set, the loop sees the end itself
+      handed = got == Read::Handed;
+    }
+    lk.unlock();
+    add_leader(-1);
+    if (handed) {
+      std::lock_guard wl(w->mu);
+      if (w->wake) uv_async_send(w->wake);  // the loop handles the backlog
+    }
+    return handed;
+  }
+
+  enum class Read { Drained, Handed, Ended };
+  // [mu held, leader] Reads until the socket is drained (Drained), a frame or an error
+  // went to the backlog (Handed), or the peer closed or the read failed (Ended).
+  Read read_some(const std::function<bool(Frame&)>& take) {
+    for (;;) {
+      auto span = decoder.prepare(64 * 1024);
+      const size_t want = std::min<size_t>(span.size(), 1u << 30);
+      const ssize_t n = ::recv(fd, span.data(), want, MSG_DONTWAIT);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Read::Drained;
+      if (n <= 0) return Read::Ended;
+      decoder.commit(static_cast<size_t>(n));
+      bool handed = false;
+      while (auto next = decoder.next()) {
+        if (!next->ok()) {
+          hand_to_loop(std::move(*next));
+          return Read::Handed;  // the stream is unusable: nothing after this is read
+        }
+        if (!handed && take(next->value())) continue;
+        hand_to_loop(std::move(*next));
+        handed = true;
+      }
+      if (handed) return Read::Handed;
+      if (static_cast<size_t>(n) < want) return Read::Drained;
+    }
+  }
+
+  void interrupt() override {
+    {
+      std::lock_guard lk(interest_mu);
+      if (leading == 0 || closing.load()) return;
+    }
+    wake_leader();
+  }
+  void wake_leader() {
+    const uint64_t one = 1;
+    (void)!::write(wakefd, &one, sizeof one);
+  }
+};
+
 // Owned by the libuv handles once started, so it outlives the Channel object until both
 // handles' close callbacks have run.
 struct LoopState {
@@ -114,22 +258,25 @@ struct LoopState {
   uv_async_t async{};
   int handles_open = 2;
   MsgpackChannel* owner = nullptr;  // null once the Channel is gone
-  MsgpackDecoder decoder;
   std::shared_ptr<WriteSide> w;
-  explicit LoopState(uint32_t max_frame) : decoder(max_frame) {}
+  std::shared_ptr<ReadSide> r;
 };
 
 class MsgpackChannel final : public Channel {
  public:
   MsgpackChannel(uv_loop_t* loop, int fd, uint32_t max_frame, size_t max_queued) : max_queued_(max_queued) {
-    st_ = new LoopState(max_frame);
+    st_ = new LoopState();
     st_->owner = this;
     st_->w = std::make_shared<WriteSide>(fd, max_frame, max_queued);
+    const int epfd = epoll_create1(EPOLL_CLOEXEC);
+    const int wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    st_->r = std::make_shared<ReadSide>(fd, epfd, wakefd, max_frame, st_->w);
     const int fl = fcntl(fd, F_GETFL);
-    open_ = fl >= 0 && fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0 && uv_poll_init(loop, &st_->poll, fd) == 0;
+    open_ = epfd >= 0 && wakefd >= 0 && fl >= 0 && fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0 &&
+            uv_poll_init(loop, &st_->poll, epfd) == 0;
     uv_async_init(loop, &st_->async, [](uv_async_t* a) {
       auto* s = static_cast<LoopState*>(a->data);
-      if (s->owner) s->owner->update_poll();
+      if (s->owner) s->owner->on_async();
     });
     st_->async.data = st_;
     st_->poll.data = st_;
@@ -137,7 +284,8 @@ class MsgpackChannel final : public Channel {
       // A poll handle that failed to initialise is not a handle to close.
       st_->handles_open = 1;
       st_->w->open = false;
-      ::close(fd);
+      st_->r->closing = true;
+      close_fds(*st_->r);
       st_->poll.data = nullptr;
     } else {
       st_->w->wake = &st_->async;
@@ -148,6 +296,11 @@ class MsgpackChannel final : public Channel {
   void start(ChannelCallbacks cb) override {
     cb_ = std::move(cb);
     reading_ = true;
+    if (!open_) return;
+    uv_poll_start(&st_->poll, UV_READABLE, [](uv_poll_t* p, int status, int) {
+      auto* s = static_cast<LoopState*>(p->data);
+      if (s->owner) s->owner->on_poll(status);
+    });
     update_poll();
   }
 
@@ -183,10 +336,21 @@ class MsgpackChannel final : public Channel {
       st_->w->open = false;
       st_->w->wake = nullptr;
     }
+    // A leader polls the socket: wake it and wait for it to let go (it does at once),
+    // so that no thread polls or reads the socket once it is closed.
+    ReadSide& r = *st_->r;
+    r.closing = true;
+    r.wake_leader();
+    { std::lock_guard wait_for_leader(r.mu); }
+    {
+      std::lock_guard lk(r.backlog_mu);
+      r.backlog.clear();
+      r.unprocessed = 0;
+    }
     auto done = [](uv_handle_t* h) {
       auto* s = static_cast<LoopState*>(h->data);
       if (--s->handles_open > 0) return;
-      if (s->poll.data) ::close(s->w->fd);  // no writer can reach it now: `open` is false
+      if (s->poll.data) close_fds(*s->r);  // no thread can reach them now: `open` and `closing` are set
       delete s;
     };
     if (st_->poll.data) {
@@ -200,26 +364,34 @@ class MsgpackChannel final : public Channel {
   Encoding encoding() const override { return Encoding::Msgpack; }
   size_t queued_bytes() const override { return st_ ? st_->w->waiting.load() : 0; }
   std::shared_ptr<DirectSender> direct_sender() override { return st_ ? st_->w : nullptr; }
+  std::shared_ptr<DirectReader> direct_reader() override { return st_ ? st_->r : nullptr; }
 
  private:
+  static void close_fds(ReadSide& r) {
+    ::close(r.fd);
+    if (r.epfd >= 0) ::close(r.epfd);
+    if (r.wakefd >= 0) ::close(r.wakefd);
+  }
+
   // Watches for what is wanted now: input once started, room while bytes wait.
   void update_poll() {
     if (!open_) return;
-    const int events = (reading_ ? UV_READABLE : 0) | (st_->w->waiting.load() > 0 ? UV_WRITABLE : 0);
-    if (events == 0) {
-      uv_poll_stop(&st_->poll);
-      return;
-    }
-    uv_poll_start(&st_->poll, events, [](uv_poll_t* p, int status, int ev) {
-      auto* s = static_cast<LoopState*>(p->data);
-      if (s->owner) s->owner->on_poll(status, ev);
-    });
+    st_->r->set_interest(reading_, st_->w->waiting.load() > 0);
   }
 
-  void on_poll(int status, int events) {
-    if (status < 0) return fail(make_error(Code::Unavailable, std::string("poll failed: ") + uv_strerror(status)));
+  // A caller left bytes queued (watch for room), or a leader handed frames over.
+  void on_async() {
     std::weak_ptr<int> alive = alive_;
-    if (events & UV_WRITABLE) {
+    update_poll();
+    if (!alive.expired() && open_) handle_backlog();
+  }
+
+  void on_poll(int status) {
+    if (status < 0) return fail(make_error(Code::Unavailable, std::string("poll failed: ") + uv_strerror(status)));
+    epoll_event ev{};
+    if (epoll_wait(st_->r->epfd, &ev, 1, 0) != 1) return;  // a leader took the socket meanwhile
+    std::weak_ptr<int> alive = alive_;
+    if (ev.events & (EPOLLOUT | EPOLLERR)) {
       int err;
       {
         std::lock_guard lk(st_->w->mu);
@@ -228,33 +400,79 @@ class MsgpackChannel final : public Channel {
       if (err != 0 && err != EAGAIN) return fail(make_error(Code::Unavailable, std::string("write failed: ") + std::strerror(err)));
       if (err == 0) update_poll();
     }
-    if ((events & UV_READABLE) && !alive.expired() && open_) read_all();
+    if ((ev.events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !alive.expired() && open_ && reading_) read_all();
+  }
+
+  // Frames a leader read and did not consume, handled before anything read after them.
+  void handle_backlog() {
+    std::vector<Result<Frame>> got;
+    {
+      std::lock_guard lk(st_->r->backlog_mu);
+      got.swap(st_->r->backlog);
+    }
+    handle(got);
+  }
+
+  // Handles frames in order; stops (and forgets the rest) once the channel has closed.
+  // Each is counted as handled only after its callback, so no leader takes a later
+  // frame while an earlier one is being handled.
+  void handle(std::vector<Result<Frame>>& frames) {
+    std::shared_ptr<ReadSide> r = st_->r;  // on_frame may close or even destroy this channel
+    std::weak_ptr<int> alive = alive_;
+    size_t i = 0;
+    for (; i < frames.size() && !alive.expired() && open_; i++) {
+      if (!frames[i].ok()) {
+        r->unprocessed -= frames.size() - i;
+        return fail(frames[i].take_error());
+      }
+      if (cb_.on_frame) cb_.on_frame(std::move(frames[i].value()));
+      r->unprocessed--;
+    }
+    if (i < frames.size() && !r->closing.load()) r->unprocessed -= frames.size() - i;
   }
 
   // Reads until the socket is drained (at most 32 reads per wake-up, as libuv does, so
   // one busy peer cannot hold the loop), straight into the decoder's buffer: a large
-  // frame's body is never copied twice.
+  // frame's body is never copied twice. A leader holding the socket reads it instead.
   void read_all() {
     std::weak_ptr<int> alive = alive_;
+    std::shared_ptr<ReadSide> r = st_->r;
     for (int i = 0; i < 32 && !alive.expired() && open_; i++) {
-      auto span = st_->decoder.prepare(64 * 1024);
-      const size_t want = std::min<size_t>(span.size(), 1u << 30);
-      const ssize_t n = ::recv(st_->w->fd, span.data(), want, MSG_DONTWAIT);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-        return fail(make_error(Code::Unavailable, std::string("read failed: ") + std::strerror(errno)));
+      std::vector<Result<Frame>> frames;
+      bool drained = false;
+      std::optional<Error> end;
+      {
+        std::unique_lock lk(r->mu, std::try_to_lock);
+        if (!lk.owns_lock()) return;
+        {
+          std::lock_guard bl(r->backlog_mu);  // a leader's frames came first
+          frames.swap(r->backlog);
+        }
+        auto span = r->decoder.prepare(64 * 1024);
+        const size_t want = std::min<size_t>(span.size(), 1u << 30);
+        const ssize_t n = ::recv(r->fd, span.data(), want, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR) {
+          drained = false;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+          drained = true;
+        } else if (n < 0) {
+          end = make_error(Code::Unavailable, std::string("read failed: ") + std::strerror(errno));
+        } else if (n == 0) {
+          end = make_error(Code::Unavailable, "peer closed the connection");
+        } else {
+          r->decoder.commit(static_cast<size_t>(n));
+          while (auto next = r->decoder.next()) {
+            const bool bad = !next->ok();
+            frames.push_back(std::move(*next));
+            r->unprocessed++;
+            if (bad) break;
+          }
+          drained = static_cast<size_t>(n) < want;
+        }
       }
-      if (n == 0) return fail(make_error(Code::Unavailable, "peer closed the connection"));
-      st_->decoder.commit(static_cast<size_t>(n));
-      // on_frame may close or even destroy this channel: check a token it cannot outlive.
-      while (!alive.expired() && open_) {
-        auto next = st_->decoder.next();
-        if (!next) break;
-        if (!next->ok()) return fail(next->take_error());
-        if (cb_.on_frame) cb_.on_frame(std::move(next->value()));
-      }
-      if (static_cast<size_t>(n) < want) return;  // drained
+      handle(frames);
+      if (end && !alive.expired() && open_) return fail(*end);
+      if (drained) return;
     }
   }
 

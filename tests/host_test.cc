@@ -639,6 +639,86 @@ TEST_P(HostTest, CallsFromEightThreads) {
   EXPECT_EQ(ok.load(), 800);
 }
 
+// A caller blocked in Extension::call may read the socket itself (calls.cc, lead): the
+// frames it does not take (a skill's log lines) go to the I/O thread, and so does
+// everything after them, so a call's log lines are handled before its answer: by the
+// time call() returns, they have reached the log callback.
+TEST_P(HostTest, ASkillsLogLinesAreHandledBeforeItsAnswer) {
+  auto o = opts();
+  o.log_level = "info";
+  std::mutex mu;
+  std::vector<std::string> lines;
+  o.log_callback = [&](const LogRecord& r) {
+    std::lock_guard lk(mu);
+    lines.emplace_back(r.message);
+  };
+  Host h(o);
+  auto ext = spawn(h, "chatty");
+  ASSERT_TRUE(ext.load_skill("printer", skill("printer")).ok());
+  ASSERT_TRUE(ext.load_skill("echo", skill("echo")).ok());
+  for (int i = 0; i < 40; ++i) {
+    const std::string in = "line " + std::to_string(i);
+    ASSERT_EQ(*ext.call("printer", in), "printed");
+    {
+      std::lock_guard lk(mu);
+      EXPECT_TRUE(std::any_of(lines.begin(), lines.end(), [&](const std::string& l) { return l == "hello from printer: " + in; }))
+          << "call " << i << " returned before its log line was handled";
+    }
+    ASSERT_EQ(*ext.call("echo", in), in);  // between them, calls that send only their answer
+  }
+}
+
+// The caller reading its own answer is woken by the end of the connection: a crash
+// mid-call fails the call with the crash at once, not at its 10-minute deadline (were
+// it not woken, this test would hang until ctest's timeout).
+TEST_P(HostTest, AWaitingCallerHearsOfACrashAtOnce) {
+  Host h(opts());
+  auto ext = spawn(h, "doomed");
+  ASSERT_TRUE(ext.load_skill("sleeper", skill("sleeper"), SkillLimits{64, 600'000}).ok());
+  CallOptions co;
+  co.timeout = std::chrono::minutes(10);
+  auto waiting = std::async(std::launch::async, [&] { return ext.call("sleeper", "600000", co); });
+  ASSERT_TRUE(wait_until([&] { return ext.stats().in_flight == 1; }, 10s));
+  const int pid = ext.pid();
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  ASSERT_EQ(waiting.wait_for(60s), std::future_status::ready) << "the waiting caller was never told";
+  auto r = waiting.get();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Code::ExtensionCrashed) << r.error().to_string();
+}
+
+// Callers on many threads wait at once; one of them reads the socket and completes the
+// others' answers on its thread. Each gets its own answer, and the statistics count
+// every call once, with none left in flight.
+TEST_P(HostTest, ManyWaitingThreadsEachGetTheirOwnAnswer) {
+  Host h(opts());
+  auto ext = spawn(h, "crowd");
+  ASSERT_TRUE(ext.load_skill("echo", skill("echo")).ok());
+  ASSERT_TRUE(ext.load_skill("greet", skill("greet")).ok());
+  std::atomic<int> ok{0}, wrong{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 6; ++t) {
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < 150; ++i) {
+        // Mixed lengths of wait: answers come back in another order than sent.
+        const bool slow = (i + t) % 5 == 0;
+        const std::string in = slow ? "T" + std::to_string(t) + "x" + std::to_string(i) + ",0," + std::to_string(i % 7)
+                                    : std::to_string(t) + ":" + std::to_string(i);
+        auto r = ext.call(slow ? "greet" : "echo", in);
+        const std::string want = slow ? "Hello, T" + std::to_string(t) + "x" + std::to_string(i) + "!" : in;
+        (r.ok() && *r == want ? ok : wrong)++;
+      }
+    });
+  }
+  for (auto& th : ts) th.join();
+  EXPECT_EQ(ok.load(), 900);
+  EXPECT_EQ(wrong.load(), 0);
+  auto st = ext.stats();
+  EXPECT_EQ(st.in_flight, 0u);
+  EXPECT_EQ(st.calls, 900u);
+}
+
 TEST_P(HostTest, OversizedRequestIsRefusedBeforeSending) {
   auto o = opts();
   o.max_frame_bytes = 1 << 20;

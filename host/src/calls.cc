@@ -7,6 +7,10 @@
 // fires ahead of the earliest deadline among them.
 #include "host_impl.h"
 
+#include <algorithm>
+
+#include "log_gate.h"
+
 namespace airlock::detail {
 
 namespace {
@@ -22,7 +26,8 @@ bool lower(std::atomic<int64_t>& a, int64_t v) {
 }  // namespace
 
 bool HostImpl::send_direct(const std::shared_ptr<ExtensionState>& e, uint64_t id, const proto::Frame& frame,
-                           std::chrono::milliseconds timeout, Done& done, ChainInfo& info, std::shared_ptr<OutputView>& view) {
+                           std::chrono::milliseconds timeout, Done& done, ChainInfo& info, std::shared_ptr<OutputView>& view,
+                           bool waiter) {
   // Frames posted before this call (a load, a cancel) go first: then so does this one.
   if (!e->ready || e->stopping || e->posted_ops.load() != 0) return false;
   const auto now = std::chrono::steady_clock::now();
@@ -32,7 +37,11 @@ bool HostImpl::send_direct(const std::shared_ptr<ExtensionState>& e, uint64_t id
     if (!e->direct || e->counted_pending.load() >= opts.limits.max_calls_in_flight) return false;
     // Entered before the write: the answer may come back before this thread runs again.
     // Flagged before the write too: the loop looks at the flag without the lock.
-    e->arrivals.push_back({id, PendingCall{std::move(done), std::move(view), nullptr, std::move(info), true, true, now}, timeout});
+    // Its caller may read the answer itself only when it is plain bytes (a view or a
+    // shared input have state the loop keeps).
+    const bool leadable = waiter && !view && std::get<proto::Request>(frame).shm_refs.empty();
+    e->arrivals.push_back(
+        {id, PendingCall{std::move(done), std::move(view), nullptr, std::move(info), true, true, now, leadable}, timeout});
     e->has_arrivals = true;
     if (!e->direct->try_send(frame)) {
       auto& a = e->arrivals.back();
@@ -55,6 +64,54 @@ bool HostImpl::send_direct(const std::shared_ptr<ExtensionState>& e, uint64_t id
 void HostImpl::set_direct(ExtensionState& e, bool on) {
   std::lock_guard lk(e.direct_mu);
   e.direct = on && e.channel ? e.channel->direct_sender() : nullptr;
+  e.reader = on && e.channel ? e.channel->direct_reader() : nullptr;
+}
+
+void HostImpl::lead(const std::shared_ptr<ExtensionState>& e, std::string_view skill, Deadline until,
+                    const std::function<bool()>& finished) {
+  // After a call of this skill sent other frames, its next 16 calls leave the reading to
+  // the loop; then it is tried again (a skill may call services only sometimes).
+  constexpr uint8_t kSkips = 16;
+  std::shared_ptr<proto::DirectReader> reader;
+  {
+    std::lock_guard lk(e->direct_mu);
+    if (!e->lead_skips.empty()) {
+      if (auto it = e->lead_skips.find(std::string(skill)); it != e->lead_skips.end()) {
+        if (--it->second > 0) return;
+        e->lead_skips.erase(it);
+      }
+    }
+    reader = e->reader;
+  }
+  if (!reader) return;
+  const bool handed = reader->lead([this, &e](proto::Frame& f) { return take_direct_answer(*e, f); }, finished, until);
+  if (handed && !finished()) {
+    std::lock_guard lk(e->direct_mu);
+    if (e->lead_skips.size() < 4096) e->lead_skips[std::string(skill)] = kSkips;  // bounded: names come from callers
+  }
+}
+
+bool HostImpl::take_direct_answer(ExtensionState& e, proto::Frame& f) {
+  auto* r = std::get_if<proto::Response>(&f);
+  if (!r || !r->shm_refs.empty()) return false;
+  PendingCall pc;
+  {
+    std::lock_guard lk(e.direct_mu);
+    auto it = std::find_if(e.arrivals.begin(), e.arrivals.end(), [&](const auto& a) { return a.id == r->id; });
+    // Not among them: the loop adopted it (it has a timer, maybe open services), or it
+    // is no call of ours: the loop decides what that answer means.
+    if (it == e.arrivals.end() || !it->pc.waiter) return false;
+    pc = std::move(it->pc);
+    e.arrivals.erase(it);
+    e.has_arrivals = !e.arrivals.empty();
+  }
+  e.counted_pending -= pc.counts;
+  const bool failed = r->code != Code::Ok;
+  CallResult res = proto::result_of(std::move(*r));
+  if (failed && !res.ok()) res = named_error(e, res.take_error());
+  e.stats.finished(std::chrono::steady_clock::now() - pc.started, res);
+  pc.done(std::move(res));
+  return true;
 }
 
 // Starts a pending call's deadline timer: it cancels the call at the extension and fails
@@ -164,6 +221,10 @@ void HostImpl::complete_pending(ExtensionState& e, uint64_t id, CallResult r) {
   end_services(e, id);
   if (pc.is_call) e.stats.finished(std::chrono::steady_clock::now() - pc.started, r);
   pc.done(std::move(r));
+  // Its caller may be reading the socket for it (lead): it looks at its call again.
+  if (pc.waiter && e.channel) {
+    if (auto reader = e.channel->direct_reader()) reader->interrupt();
+  }
 }
 
 void HostImpl::cancel_call(const std::shared_ptr<ExtensionState>& e, uint64_t id) {

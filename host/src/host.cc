@@ -415,6 +415,11 @@ std::vector<std::string> Extension::skills() const {
 
 CallId Extension::call_async(std::string_view skill, const Payload& input, const CallOptions& opts,
                              std::function<void(CallResult)> done) {
+  return start_call(skill, input, opts, std::move(done), nullptr);
+}
+
+CallId Extension::start_call(std::string_view skill, const Payload& input, const CallOptions& opts,
+                             std::function<void(CallResult)> done, bool* leads) {
   auto* host = s_->host;
   uint64_t id = host->next_id();
   auto timeout = opts.timeout.count() > 0 ? opts.timeout : host->opts.default_call_timeout;
@@ -428,7 +433,7 @@ CallId Extension::call_async(std::string_view skill, const Payload& input, const
     auto buf = allocate(input.bytes().size());
     if (buf.ok()) {
       std::memcpy(buf->data().data(), input.bytes().data(), input.bytes().size());
-      return call_async(skill, Payload(*buf), opts, std::move(done));
+      return start_call(skill, Payload(*buf), opts, std::move(done), nullptr);
     }
   }
   if (auto& view = opts.output_view) {
@@ -472,7 +477,10 @@ CallId Extension::call_async(std::string_view skill, const Payload& input, const
   std::shared_ptr<OutputView> view = opts.output_view;
   // The calling thread writes the request itself when it can (calls.cc): the loop
   // thread is not woken to send it.
-  if (!host->on_loop_thread() && host->send_direct(s, id, frame, timeout, done, info, view)) return id;
+  if (!host->on_loop_thread() && host->send_direct(s, id, frame, timeout, done, info, view, leads != nullptr)) {
+    if (leads) *leads = true;
+    return id;
+  }
   s->posted_bytes += posted;
   host->post_for(s, [s, host, id, frame = std::move(frame), timeout, done = std::move(done), info = std::move(info), posted,
                      view = std::move(view)]() mutable {
@@ -490,10 +498,27 @@ std::future<CallResult> Extension::call_async(std::string_view skill, const Payl
 }
 
 CallResult Extension::call(std::string_view skill, const Payload& input, const CallOptions& opts) {
-  if (s_->host->on_loop_thread()) {
+  auto* host = s_->host;
+  if (host->on_loop_thread()) {
     return make_error(Code::InvalidArgument, "Extension::call must not be called from a call callback");
   }
-  return call_async(skill, input, opts).get();
+  struct Wait {
+    std::promise<CallResult> p;
+    std::atomic<bool> done{false};
+  };
+  auto w = std::make_shared<Wait>();
+  auto f = w->p.get_future();
+  const auto timeout = opts.timeout.count() > 0 ? opts.timeout : host->opts.default_call_timeout;
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  bool leads = false;
+  start_call(skill, input, opts, [w](CallResult r) {
+    w->done = true;  // first: a leader that sees it stops reading and takes the value
+    w->p.set_value(std::move(r));
+  }, &leads);
+  // Sent from this thread: wait by reading the answer off the socket here (calls.cc),
+  // unless another thread already does; either way the value is in the future.
+  if (leads) host->lead(s_, skill, until, [&w] { return w->done.load(); });
+  return f.get();
 }
 
 void Extension::cancel(CallId id) {

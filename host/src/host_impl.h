@@ -78,6 +78,9 @@ struct PendingCall {
   bool counts = true;  // toward max_calls_in_flight (health pings do not)
   bool is_call = false;  // a skill call (counted in CallStats), not a control request
   std::chrono::steady_clock::time_point started{};
+  // A thread blocks on it in Extension::call and may read its answer itself (calls.cc,
+  // lead): then an answer the loop hands over instead must wake that thread.
+  bool waiter = false;
 };
 
 // A skill's call of a host service, while it is open. Shared by the handler's
@@ -136,6 +139,11 @@ class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
   };
   std::mutex direct_mu;
   std::shared_ptr<proto::DirectSender> direct;  // [direct_mu] the current process's channel's, if it has one
+  std::shared_ptr<proto::DirectReader> reader;  // [direct_mu] likewise (msgpack only)
+  // Skills whose calls send more than their answer (service requests, logs): a leader
+  // would only pass those frames on to the loop, one more wake-up than the loop reading
+  // them itself, so the next calls of that skill do not lead (calls.cc, lead).
+  std::unordered_map<std::string, uint8_t> lead_skips;  // [direct_mu]
   std::vector<Arrival> arrivals;                // [direct_mu]
   std::atomic<bool> has_arrivals{false};
   // Work posted to the loop that sends this extension a frame, not yet run: a later call
@@ -233,8 +241,21 @@ class HostImpl {
   void cancel_call(const std::shared_ptr<ExtensionState>& e, uint64_t id);
   // [any thread] Writes a call on the calling thread, skipping the loop. False: nothing
   // was sent and nothing taken from the arguments; post send_call() instead.
+  // `waiter`: the calling thread will block for the answer (Extension::call), and may
+  // then read it itself (lead).
   bool send_direct(const std::shared_ptr<ExtensionState>& e, uint64_t id, const proto::Frame& frame,
-                   std::chrono::milliseconds timeout, Done& done, ChainInfo& info, std::shared_ptr<OutputView>& view);
+                   std::chrono::milliseconds timeout, Done& done, ChainInfo& info, std::shared_ptr<OutputView>& view,
+                   bool waiter);
+  // [any thread but the loop] The caller of a call sent directly waits by reading the
+  // socket itself, until finished() or `until` (DirectReader::lead); other threads'
+  // answers it reads are completed on its thread too, when they are waited for alike.
+  void lead(const std::shared_ptr<ExtensionState>& e, std::string_view skill, Deadline until,
+            const std::function<bool()>& finished);
+  // [a leader] Completes the call a Response answers, if it was sent directly, is still
+  // unadopted, waited for in Extension::call, and the answer is inline. False: the loop's.
+  bool take_direct_answer(ExtensionState& e, proto::Frame& f);
+  // The extension's words in an error: one line, cut, prefixed with who said it.
+  Error named_error(ExtensionState& e, Error err) const;
   // Moves calls sent on callers' threads into `pending`, with their deadline timers.
   void adopt_arrivals(ExtensionState& e);
   // Sets e.direct: the channel's sender while the extension is ready, else none.

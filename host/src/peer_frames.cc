@@ -44,13 +44,7 @@ void HostImpl::on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&&
     const bool failed = r->code != Code::Ok;
     OutputView* view = e->pending[id].view.get();
     CallResult res = !failed && !r->shm_refs.empty() ? take_shared_output(e, *r, view) : proto::result_of(std::move(*r));
-    if (failed && !res.ok()) {
-      // The extension's words: one line, cut (an error is for people, 4 KiB is plenty),
-      // and prefixed with who said it ("extension 'x' (pid N): skill 'y': ...").
-      Error err = res.take_error();
-      err.message = e->label() + ": " + escape_log_text(err.message, opts.limits.max_log_line_bytes);
-      res = std::move(err);
-    }
+    if (failed && !res.ok()) res = named_error(*e, res.take_error());
     return complete_pending(*e, id, std::move(res));
   }
   if (auto* req = std::get_if<proto::Request>(&f)) {
@@ -91,6 +85,13 @@ void HostImpl::on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&&
     return finish(ok_status());
   }
   cut_off(e, "sent a " + std::string(proto::frame_name(f)) + " frame, which only a host sends");
+}
+
+// The extension's words: one line, cut (an error is for people, 4 KiB is plenty), and
+// prefixed with who said it ("extension 'x' (pid N): skill 'y': ...").
+Error HostImpl::named_error(ExtensionState& e, Error err) const {
+  err.message = e.label() + ": " + escape_log_text(err.message, opts.limits.max_log_line_bytes);
+  return err;
 }
 
 // What the extension says of its sandbox (Ready.sandbox, "applied: ...; missing: ...").

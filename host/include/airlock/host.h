@@ -384,6 +384,10 @@ class Extension {
   bool on_io_thread() const;  // the host's I/O thread: where blocking methods would deadlock
   explicit Extension(std::shared_ptr<detail::ExtensionState> s) : s_(std::move(s)) {}
   Result<proto::ShmRef> share(const Payload& in);  // sends the buffer's fd once, checks the slice
+  // call_async's work; `leads` non-null: the caller will block for the answer, and is
+  // told whether it may read it itself (it was sent from this thread).
+  CallId start_call(std::string_view skill, const Payload& input, const CallOptions& opts,
+                    std::function<void(CallResult)> done, bool* leads);
   // `wasm` stays valid while `keep` lives.
   Status load(const std::string& skill, std::shared_ptr<const void> keep, std::string_view wasm, std::string path,
               std::optional<SkillLimits> limits);

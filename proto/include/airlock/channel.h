@@ -6,12 +6,14 @@
 // Whatever the encoding, the rest of Airlock sees only this interface.
 //
 // Threading: create, use and destroy a channel on its libuv loop's thread; callbacks
-// run on that thread. The one exception is direct_sender(): frames written from another
-// thread, so that a caller's request need not wait for the loop thread to wake up.
+// run on that thread. The exceptions are direct_sender() (frames written from another
+// thread, so that a caller's request need not wait for the loop thread to wake up) and
+// direct_reader() (a waiting caller reading its own answer).
 #pragma once
 
 #include <uv.h>
 
+#include <chrono>
 #include <functional>
 #include <memory>
 
@@ -45,6 +47,26 @@ class DirectSender {
   virtual bool try_send(const Frame& frame) = 0;
 };
 
+// Lets a thread that waits for an answer read the socket itself while it waits
+// ("leader/follower"), so that the answer wakes that thread and nothing else: the loop
+// thread is neither woken to read it nor to hand it over. Returned by
+// Channel::direct_reader(); it may outlive its channel, and then leads nothing.
+class DirectReader {
+ public:
+  virtual ~DirectReader() = default;
+  // Reads frames on the calling thread until finished() is true, `until` passes, the
+  // channel closes, or a frame arrives that `take` does not consume: that frame and every
+  // one after it go to the loop thread, in order, and this returns. `take` sees frames
+  // only while none waits for the loop (frames are handled in the order they came).
+  // Returns at once if another thread leads or the loop has frames to handle first.
+  // True if it handed frames to the loop.
+  virtual bool lead(const std::function<bool(Frame&)>& take, const std::function<bool()>& finished,
+                    std::chrono::steady_clock::time_point until) = 0;
+  // [loop thread] Makes the leader, if any, look at finished() again (the loop ended
+  // its call: a timeout, a failure).
+  virtual void interrupt() = 0;
+};
+
 class Channel {
  public:
   virtual ~Channel() = default;
@@ -60,6 +82,9 @@ class Channel {
   virtual Encoding encoding() const = 0;
   // The channel's DirectSender (loop thread); null once closed.
   virtual std::shared_ptr<DirectSender> direct_sender() { return nullptr; }
+  // The channel's DirectReader (loop thread); null once closed, or where the encoding
+  // has none (gRPC: its library reads the socket).
+  virtual std::shared_ptr<DirectReader> direct_reader() { return nullptr; }
 };
 
 // Sends an answer; if the channel refuses it (too large for a frame), sends a small

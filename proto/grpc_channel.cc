@@ -5,7 +5,9 @@
 // gRPC's async API with one completion-queue thread per channel. That thread is also the
 // one gRPC polls the socket on, so a frame is read, parsed, decoded (from_proto) and queued
 // for the loop on one thread, and a uv_async_t wakes the loop: two wake-ups per frame where
-// msgpack has one. (The callback API, tried first, runs reactions on a shared pool of
+// msgpack has one. A frame ChannelCallbacks::take consumes (the answer a caller blocked in
+// Extension::call waits for) is completed on the CQ thread instead, when nothing waits for
+// the loop: the caller is woken straight from there. (The callback API, tried first, runs reactions on a shared pool of
 // poller threads that hand work to each other: 26 context switches per round trip instead
 // of 18, and a ~30% slower round trip, measured here.)
 //
@@ -166,6 +168,10 @@ class GrpcChannel final : public Channel {
   void start(ChannelCallbacks cb) override {
     cb_ = std::move(cb);
     if (!h_) return;
+    if (cb_.take && role_ == Role::Host) {
+      std::lock_guard l(mu_);
+      take_ = std::make_shared<const std::function<bool(Frame&)>>(cb_.take);
+    }
     started_ = true;
     if (fail_at_start_) return fail(*fail_at_start_);
     if (h_->watching) {
@@ -290,8 +296,17 @@ class GrpcChannel final : public Channel {
         finish_status_ = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, r.error().message);
       }
       deliver(std::move(r));
-    } else {
+    } else if (!take_ || !inbox_.empty() || handling_.load() != 0 || closed_) {
       deliver(std::move(r));
+    } else {
+      // Nothing waits for the loop: a waiting caller's answer is completed here, on this
+      // thread, and the loop thread is not woken for it (ChannelCallbacks::take). Outside
+      // the lock: `take` takes the host's locks, which are held around send().
+      auto take = take_;
+      l.unlock();
+      const bool taken = (*take)(r.value());
+      l.lock();
+      if (!taken) deliver(std::move(r));
     }
     issue(pump(), l);
   }
@@ -412,6 +427,7 @@ class GrpcChannel final : public Channel {
     {
       std::lock_guard l(mu_);
       h->batch.swap(inbox_);
+      handling_ = h->batch.size();  // counted down as each is handled: until then the CQ thread takes none
     }
     // By index, and checking the owner before each frame: a callback may close the
     // channel or destroy it (the rest of the batch then goes with the handles).
@@ -423,8 +439,12 @@ class GrpcChannel final : public Channel {
         return fail(e);
       }
       if (cb_.on_frame) cb_.on_frame(std::move(r.value()));
+      if (h->owner == this) handling_--;
     }
-    if (h->owner == this) h->batch.clear();
+    if (h->owner == this) {
+      h->batch.clear();
+      handling_ = 0;
+    }
   }
 
   void on_hangup() {
@@ -500,6 +520,8 @@ class GrpcChannel final : public Channel {
   // Shared by the loop and the CQ thread.
   mutable std::mutex mu_;
   std::vector<Result<Frame>> inbox_;  // decoded frames; an error, if any, is last
+  std::shared_ptr<const std::function<bool(Frame&)>> take_;  // [mu_] ChannelCallbacks::take (host)
+  std::atomic<size_t> handling_{0};  // frames drain() took and has not handled yet
   bool error_queued_ = false;
   bool wake_ = false;  // deliver() queued into an empty inbox: issue() wakes the loop
   bool started_call_ = false;  // StartCall / RequestSession completed

@@ -178,9 +178,10 @@ struct ReadSide final : DirectReader {
     unprocessed++;
   }
 
-  bool lead(const std::function<bool(Frame&)>& take, const std::function<bool()>& finished,
-            std::chrono::steady_clock::time_point until) override {
-    if (closing.load() || unprocessed.load() != 0) return false;
+  std::function<bool(Frame&)> take;  // ChannelCallbacks::take, set by start() before anyone leads
+
+  bool lead(const std::function<bool()>& finished, std::chrono::steady_clock::time_point until) override {
+    if (!take || closing.load() || unprocessed.load() != 0) return false;
     std::unique_lock lk(mu, std::try_to_lock);
     if (!lk.owns_lock() || closing.load()) return false;
     add_leader(+1);
@@ -198,7 +199,7 @@ struct ReadSide final : DirectReader {
         continue;  // look at finished() and closing again
       }
       if (p[0].revents == 0) continue;
-      const Read got = read_some(take);
+      const Read got = read_some();
       if (got == Read::Ended) break;  // back in the loop's set, the loop sees the end itself
       handed = got == Read::Handed;
     }
@@ -214,7 +215,7 @@ struct ReadSide final : DirectReader {
   enum class Read { Drained, Handed, Ended };
   // [mu held, leader] Reads until the socket is drained (Drained), a frame or an error
   // went to the backlog (Handed), or the peer closed or the read failed (Ended).
-  Read read_some(const std::function<bool(Frame&)>& take) {
+  Read read_some() {
     for (;;) {
       auto span = decoder.prepare(64 * 1024);
       const size_t want = std::min<size_t>(span.size(), 1u << 30);
@@ -297,6 +298,7 @@ class MsgpackChannel final : public Channel {
     cb_ = std::move(cb);
     reading_ = true;
     if (!open_) return;
+    st_->r->take = cb_.take;
     uv_poll_start(&st_->poll, UV_READABLE, [](uv_poll_t* p, int status, int) {
       auto* s = static_cast<LoopState*>(p->data);
       if (s->owner) s->owner->on_poll(status);

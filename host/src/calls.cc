@@ -84,7 +84,7 @@ void HostImpl::lead(const std::shared_ptr<ExtensionState>& e, std::string_view s
     reader = e->reader;
   }
   if (!reader) return;
-  const bool handed = reader->lead([this, &e](proto::Frame& f) { return take_direct_answer(*e, f); }, finished, until);
+  const bool handed = reader->lead(finished, until);
   if (handed && !finished()) {
     std::lock_guard lk(e->direct_mu);
     if (e->lead_skips.size() < 4096) e->lead_skips[std::string(skill)] = kSkips;  // bounded: names come from callers

@@ -251,7 +251,7 @@ class HostImpl {
   // answers it reads are completed on its thread too, when they are waited for alike.
   void lead(const std::shared_ptr<ExtensionState>& e, std::string_view skill, Deadline until,
             const std::function<bool()>& finished);
-  // [a leader] Completes the call a Response answers, if it was sent directly, is still
+  // [the thread that read it: a leader, gRPC's CQ thread] Completes the call a Response answers, if it was sent directly, is still
   // unadopted, waited for in Extension::call, and the answer is inline. False: the loop's.
   bool take_direct_answer(ExtensionState& e, proto::Frame& f);
   // The extension's words in an error: one line, cut, prefixed with who said it.

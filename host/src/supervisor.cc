@@ -122,7 +122,12 @@ void HostImpl::attach_process(const std::shared_ptr<ExtensionState>& e, ChildPro
                      },
                      [this, weak](const Error& err) {
                        if (auto s = weak.lock()) on_channel_closed(s, err);
-                     }});
+                     },
+                     // A waiting caller's answer, read off the loop thread (calls.cc).
+                     // Not through `weak`: that thread must never hold the last reference
+                     // (its destructor closes the channel, which joins that thread). The
+                     // state outlives the channel, which runs this only while open.
+                     [this, raw = e.get()](proto::Frame& f) { return take_direct_answer(*raw, f); }});
   e->exit_watch = new uv_poll_t;
   uv_poll_init(&loop_, e->exit_watch, child.pidfd);
   e->exit_watch->data = new std::weak_ptr<ExtensionState>(e);

@@ -33,6 +33,11 @@ struct ChannelCallbacks {
   // The peer went away or sent something unacceptable (malformed/oversized frame):
   // the channel is closed and the error says why. Not called after close().
   std::function<void(const Error&)> on_closed;
+  // Optional: runs on the thread that read a frame when that is not the loop's (a
+  // DirectReader's leader; gRPC's completion-queue thread), while no earlier frame waits
+  // for the loop, so order is kept. True: it consumed the frame, which then never reaches
+  // on_frame; the loop thread is not woken for it. It must not call into the channel.
+  std::function<bool(Frame&)> take;
 };
 
 // Writes frames from any thread, straight to the socket, beside the loop's own writes
@@ -55,13 +60,11 @@ class DirectReader {
  public:
   virtual ~DirectReader() = default;
   // Reads frames on the calling thread until finished() is true, `until` passes, the
-  // channel closes, or a frame arrives that `take` does not consume: that frame and every
-  // one after it go to the loop thread, in order, and this returns. `take` sees frames
-  // only while none waits for the loop (frames are handled in the order they came).
+  // channel closes, or a frame arrives that ChannelCallbacks::take does not consume: that
+  // frame and every one after it go to the loop thread, in order, and this returns.
   // Returns at once if another thread leads or the loop has frames to handle first.
   // True if it handed frames to the loop.
-  virtual bool lead(const std::function<bool(Frame&)>& take, const std::function<bool()>& finished,
-                    std::chrono::steady_clock::time_point until) = 0;
+  virtual bool lead(const std::function<bool()>& finished, std::chrono::steady_clock::time_point until) = 0;
   // [loop thread] Makes the leader, if any, look at finished() again (the loop ended
   // its call: a timeout, a failure).
   virtual void interrupt() = 0;

@@ -158,8 +158,17 @@ struct ReadSide final : DirectReader {
     epoll_event ev{};
     ev.events = want;
     const int op = want == 0 ? EPOLL_CTL_DEL : registered == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
-    if (epoll_ctl(epfd, op, fd, &ev) == 0) registered = want;
+    if (epoll_ctl(epfd, op, fd, &ev) == 0) {
+      registered = want;
+      return;
+    }
+    // Unwatched, the socket would be read by no one: the channel ends instead (on the
+    // loop thread, which on_async tells).
+    watch_failed = errno;
+    std::lock_guard wl(w->mu);
+    if (w->wake) uv_async_send(w->wake);
   }
+  std::atomic<int> watch_failed{0};  // errno of an epoll_ctl that failed
   void set_interest(bool reads, bool writes) {
     std::lock_guard lk(interest_mu);
     loop_reads = reads;
@@ -186,6 +195,21 @@ struct ReadSide final : DirectReader {
     if (!lk.owns_lock() || closing.load()) return false;
     add_leader(+1);
     bool handed = false;
+    // Whatever happens in here (an allocation that fails), the socket goes back to the
+    // loop's set and what was handed over is announced.
+    struct StepDown {
+      ReadSide& r;
+      std::unique_lock<std::mutex>& lk;
+      bool& handed;
+      ~StepDown() {
+        if (lk.owns_lock()) lk.unlock();
+        r.add_leader(-1);
+        if (handed) {
+          std::lock_guard wl(r.w->mu);
+          if (r.w->wake) uv_async_send(r.w->wake);  // the loop handles the backlog
+        }
+      }
+    } step_down{*this, lk, handed};
     while (!handed && !closing.load() && unprocessed.load() == 0 && !finished()) {
       const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - std::chrono::steady_clock::now()).count();
       if (left <= 0) break;
@@ -202,12 +226,6 @@ struct ReadSide final : DirectReader {
       const Read got = read_some();
       if (got == Read::Ended) break;  // back in the loop's set, the loop sees the end itself
       handed = got == Read::Handed;
-    }
-    lk.unlock();
-    add_leader(-1);
-    if (handed) {
-      std::lock_guard wl(w->mu);
-      if (w->wake) uv_async_send(w->wake);  // the loop handles the backlog
     }
     return handed;
   }
@@ -230,12 +248,21 @@ struct ReadSide final : DirectReader {
           hand_to_loop(std::move(*next));
           return Read::Handed;  // the stream is unusable: nothing after this is read
         }
-        if (!handed && take(next->value())) continue;
+        if (!handed && take_safely(next->value())) continue;
         hand_to_loop(std::move(*next));
         handed = true;
       }
       if (handed) return Read::Handed;
       if (static_cast<size_t>(n) < want) return Read::Drained;
+    }
+  }
+
+  // `take`, and should it throw, the loop's frame after all.
+  bool take_safely(Frame& f) {
+    try {
+      return take(f);
+    } catch (...) {
+      return false;
     }
   }
 
@@ -339,10 +366,11 @@ class MsgpackChannel final : public Channel {
       st_->w->wake = nullptr;
     }
     // A leader polls the socket: wake it and wait for it to let go (it does at once),
-    // so that no thread polls or reads the socket once it is closed.
+    // so that no thread polls or reads the socket once it is closed. (A channel that
+    // never opened closed its fds already: nothing to wake, and the number may be reused.)
     ReadSide& r = *st_->r;
-    r.closing = true;
-    r.wake_leader();
+    const bool had_fds = !r.closing.exchange(true);
+    if (had_fds) r.wake_leader();
     { std::lock_guard wait_for_leader(r.mu); }
     {
       std::lock_guard lk(r.backlog_mu);
@@ -381,9 +409,13 @@ class MsgpackChannel final : public Channel {
     st_->r->set_interest(reading_, st_->w->waiting.load() > 0);
   }
 
-  // A caller left bytes queued (watch for room), or a leader handed frames over.
+  // A caller left bytes queued (watch for room), a leader handed frames over, or the
+  // socket could not be put back into the loop's set.
   void on_async() {
     std::weak_ptr<int> alive = alive_;
+    if (const int err = st_->r->watch_failed.load()) {
+      return fail(make_error(Code::Unavailable, std::string("cannot watch the socket: ") + std::strerror(err)));
+    }
     update_poll();
     if (!alive.expired() && open_) handle_backlog();
   }
@@ -428,7 +460,7 @@ class MsgpackChannel final : public Channel {
         return fail(frames[i].take_error());
       }
       if (cb_.on_frame) cb_.on_frame(std::move(frames[i].value()));
-      r->unprocessed--;
+      if (!r->closing.load()) r->unprocessed--;  // closing zeroed it
     }
     if (i < frames.size() && !r->closing.load()) r->unprocessed -= frames.size() - i;
   }

@@ -11,6 +11,9 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <future>
+#include <mutex>
+#include <thread>
 #include <memory>
 #include <optional>
 #include <random>
@@ -94,7 +97,8 @@ class ChannelTest : public ::testing::TestWithParam<Encoding> {
                  [&s](const Error& e) {
                    s.closed = e;
                    ++s.closed_calls;
-                 }});
+                 },
+                 nullptr});
   }
 
   // Runs the loop until done() or the timeout; returns done().
@@ -377,7 +381,8 @@ TEST_P(ChannelTest, DestroyInsideOnClosedIsSafe) {
   ext_.ch->start({[](Frame&&) {}, [&](const Error&) {
                     told = true;
                     ext_.ch.reset();
-                  }});
+                  },
+                  nullptr});
   ASSERT_TRUE(host_.ch->send(Health{1}).ok());
   run_for(20ms);
   host_.ch->close();
@@ -446,6 +451,86 @@ TEST_P(MsgpackChannelTest, MalformedFrameIsInvalidArgument) {
     EXPECT_EQ(side.ch->send(Cancel{1}).error().code, Code::Unavailable);
     ::close(peer);
   }
+}
+
+// A waiting caller reading its own answers (DirectReader::lead): it takes what `take`
+// accepts while nothing waits for the loop; from the first frame it does not take, that
+// frame and all after it go to the loop, in the order they came. The loop does not run
+// while the leader reads here, so only the leader can have read them.
+TEST_P(MsgpackChannelTest, ALeaderTakesAnswersAndHandsTheRestToTheLoopInOrder) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  host_.ch = make_channel(GetParam(), Role::Host, &loop_, sv[0]);
+  ext_.ch = make_channel(GetParam(), Role::Extension, &loop_, sv[1]);
+  std::mutex mu;
+  std::vector<uint64_t> taken;
+  host_.ch->start({[this](Frame&& f) { host_.frames.push_back(std::move(f)); },
+                   [this](const Error& e) { host_.closed = e; },
+                   [&](Frame& f) {
+                     auto* r = std::get_if<Response>(&f);
+                     if (!r) return false;
+                     std::lock_guard lk(mu);
+                     taken.push_back(r->id);
+                     return true;
+                   }});
+  start(ext_);
+  auto reader = host_.ch->direct_reader();
+  ASSERT_TRUE(reader);
+  auto taken_count = [&] {
+    std::lock_guard lk(mu);
+    return taken.size();
+  };
+  auto leader = std::async(std::launch::async, [&] {
+    return reader->lead([] { return false; }, Clock::now() + 60s);
+  });
+  Response first;
+  first.id = 1;
+  ASSERT_TRUE(ext_.ch->send(first).ok());
+  const auto end = Clock::now() + 10s;
+  while (taken_count() < 1 && Clock::now() < end) std::this_thread::yield();
+  ASSERT_EQ(taken_count(), 1u) << "the leader never took the answer";
+  Log log;
+  log.message = "between";
+  Response third, fifth;
+  third.id = 3;
+  fifth.id = 5;
+  ASSERT_TRUE(ext_.ch->send(log).ok());
+  ASSERT_TRUE(ext_.ch->send(third).ok());
+  ASSERT_TRUE(ext_.ch->send(fifth).ok());
+  ASSERT_EQ(leader.wait_for(10s), std::future_status::ready) << "the leader did not step down";
+  EXPECT_TRUE(leader.get()) << "it handed frames to the loop";
+  ASSERT_TRUE(run_until([&] { return host_.frames.size() >= 3; }));
+  ASSERT_EQ(host_.frames.size(), 3u);
+  EXPECT_TRUE(std::holds_alternative<Log>(host_.frames[0]));
+  ASSERT_TRUE(std::holds_alternative<Response>(host_.frames[1]));
+  EXPECT_EQ(std::get<Response>(host_.frames[1]).id, 3u);
+  ASSERT_TRUE(std::holds_alternative<Response>(host_.frames[2]));
+  EXPECT_EQ(std::get<Response>(host_.frames[2]).id, 5u);
+  EXPECT_EQ(taken, (std::vector<uint64_t>{1})) << "nothing after a handed frame is taken";
+  // The socket is the loop's again: a later answer reaches it without a leader.
+  Response seventh;
+  seventh.id = 7;
+  ASSERT_TRUE(ext_.ch->send(seventh).ok());
+  ASSERT_TRUE(run_until([&] { return host_.frames.size() >= 4; }));
+  EXPECT_EQ(std::get<Response>(host_.frames[3]).id, 7u);
+}
+
+// Closing the channel wakes a leader that waits for an answer that never comes, and
+// waits for it to let go of the socket; a reader kept past its channel leads nothing.
+TEST_P(MsgpackChannelTest, ClosingTheChannelWakesItsLeader) {
+  open_pair();
+  auto reader = host_.ch->direct_reader();
+  ASSERT_TRUE(reader);
+  std::atomic<bool> started{false};
+  auto leader = std::async(std::launch::async, [&] {
+    started = true;
+    return reader->lead([] { return false; }, Clock::now() + 10min);
+  });
+  while (!started) std::this_thread::yield();
+  host_.ch->close();
+  ASSERT_EQ(leader.wait_for(60s), std::future_status::ready) << "the leader was not woken";
+  EXPECT_FALSE(leader.get());
+  EXPECT_FALSE(reader->lead([] { return false; }, Clock::now() + 10min)) << "a closed channel has no socket to read";
 }
 
 INSTANTIATE_TEST_SUITE_P(Encodings, ChannelTest, ::testing::Values(Encoding::Msgpack, Encoding::Grpc),

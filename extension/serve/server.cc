@@ -110,7 +110,8 @@ class Server {
                        // Not here: this can run inside a skill's import (a failed send
                        // while wasm is on the stack). Shut down on the next loop turn.
                        uv_timer_start(&gone_timer_, [](uv_timer_t* t) { static_cast<Server*>(t->data)->shutdown_now(); }, 0, 0);
-                     }});
+                     },
+                     nullptr});  // the loop reads everything here: no thread waits on a call
     auto logger = std::make_shared<spdlog::logger>(opts_.name, std::make_shared<ChannelSink>(this));
     logger->set_level(spdlog::get_level());
     spdlog::set_default_logger(logger);

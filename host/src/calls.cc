@@ -27,7 +27,7 @@ bool lower(std::atomic<int64_t>& a, int64_t v) {
 
 bool HostImpl::send_direct(const std::shared_ptr<ExtensionState>& e, uint64_t id, const proto::Frame& frame,
                            std::chrono::milliseconds timeout, Done& done, ChainInfo& info, std::shared_ptr<OutputView>& view,
-                           bool waiter) {
+                           bool* leadable) {
   // Frames posted before this call (a load, a cancel) go first: then so does this one.
   if (!e->ready || e->stopping || e->posted_ops.load() != 0) return false;
   const auto now = std::chrono::steady_clock::now();
@@ -39,9 +39,9 @@ bool HostImpl::send_direct(const std::shared_ptr<ExtensionState>& e, uint64_t id
     // Flagged before the write too: the loop looks at the flag without the lock.
     // Its caller may read the answer itself only when it is plain bytes (a view or a
     // shared input have state the loop keeps).
-    const bool leadable = waiter && !view && std::get<proto::Request>(frame).shm_refs.empty();
+    const bool leads = leadable && !view && std::get<proto::Request>(frame).shm_refs.empty();
     e->arrivals.push_back(
-        {id, PendingCall{std::move(done), std::move(view), nullptr, std::move(info), true, true, now, leadable}, timeout});
+        {id, PendingCall{std::move(done), std::move(view), nullptr, std::move(info), true, true, now, leads}, timeout});
     e->has_arrivals = true;
     if (!e->direct->try_send(frame)) {
       auto& a = e->arrivals.back();
@@ -54,6 +54,7 @@ bool HostImpl::send_direct(const std::shared_ptr<ExtensionState>& e, uint64_t id
     }
     e->counted_pending++;
     e->stats.started();  // before the loop can adopt it (it takes direct_mu) and finish it
+    if (leadable) *leadable = leads;
   }
   const int64_t t = std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count();
   lower(backstop_period_, t);
@@ -106,9 +107,14 @@ bool HostImpl::take_direct_answer(ExtensionState& e, proto::Frame& f) {
     e.has_arrivals = !e.arrivals.empty();
   }
   e.counted_pending -= pc.counts;
-  const bool failed = r->code != Code::Ok;
-  CallResult res = proto::result_of(std::move(*r));
-  if (failed && !res.ok()) res = named_error(e, res.take_error());
+  // Out of the list now: it must complete here, whatever fails (an allocation).
+  CallResult res = make_error(Code::ResourceExhausted, e.opts.name + ": no memory for its answer");
+  try {
+    const bool failed = r->code != Code::Ok;
+    res = proto::result_of(std::move(*r));
+    if (failed && !res.ok()) res = named_error(e, res.take_error());
+  } catch (...) {
+  }
   e.stats.finished(std::chrono::steady_clock::now() - pc.started, res);
   pc.done(std::move(res));
   return true;

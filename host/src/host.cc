@@ -477,10 +477,7 @@ CallId Extension::start_call(std::string_view skill, const Payload& input, const
   std::shared_ptr<OutputView> view = opts.output_view;
   // The calling thread writes the request itself when it can (calls.cc): the loop
   // thread is not woken to send it.
-  if (!host->on_loop_thread() && host->send_direct(s, id, frame, timeout, done, info, view, leads != nullptr)) {
-    if (leads) *leads = true;
-    return id;
-  }
+  if (!host->on_loop_thread() && host->send_direct(s, id, frame, timeout, done, info, view, leads)) return id;
   s->posted_bytes += posted;
   host->post_for(s, [s, host, id, frame = std::move(frame), timeout, done = std::move(done), info = std::move(info), posted,
                      view = std::move(view)]() mutable {

@@ -108,6 +108,9 @@ class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
   class CompileCache* compile_cache = nullptr;
   ExtensionState(HostImpl* host, ExtensionOptions opts, const HostLimits& limits)
       : host(host), opts(std::move(opts)), log_gate(limits.log_lines_per_second) {}
+  // The channel goes first: a reading thread (gRPC's CQ thread, a leader) may use the
+  // members below through ChannelCallbacks::take until the channel is closed.
+  ~ExtensionState() { channel.reset(); }
   HostImpl* host;
   const ExtensionOptions opts;
   std::atomic<int> pid{0};
@@ -241,11 +244,10 @@ class HostImpl {
   void cancel_call(const std::shared_ptr<ExtensionState>& e, uint64_t id);
   // [any thread] Writes a call on the calling thread, skipping the loop. False: nothing
   // was sent and nothing taken from the arguments; post send_call() instead.
-  // `waiter`: the calling thread will block for the answer (Extension::call), and may
-  // then read it itself (lead).
+  // `leadable` non-null: the caller will wait; set to whether it may read the answer.
   bool send_direct(const std::shared_ptr<ExtensionState>& e, uint64_t id, const proto::Frame& frame,
                    std::chrono::milliseconds timeout, Done& done, ChainInfo& info, std::shared_ptr<OutputView>& view,
-                   bool waiter);
+                   bool* leadable);
   // [any thread but the loop] The caller of a call sent directly waits by reading the
   // socket itself, until finished() or `until` (DirectReader::lead); other threads'
   // answers it reads are completed on its thread too, when they are waited for alike.

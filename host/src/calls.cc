@@ -37,9 +37,10 @@ bool HostImpl::send_direct(const std::shared_ptr<ExtensionState>& e, uint64_t id
     if (!e->direct || e->counted_pending.load() >= opts.limits.max_calls_in_flight) return false;
     // Entered before the write: the answer may come back before this thread runs again.
     // Flagged before the write too: the loop looks at the flag without the lock.
-    // Its caller may read the answer itself only when it is plain bytes (a view or a
-    // shared input have state the loop keeps).
-    const bool leads = leadable && !view && std::get<proto::Request>(frame).shm_refs.empty();
+    // Its caller may read the answer itself unless it asked for a view (a view's output
+    // comes in shared memory, which the loop maps). A shared input may: its lease is
+    // dropped wherever the call completes, as a caller drops its SharedBuffer anywhere.
+    const bool leads = leadable && !view;
     e->arrivals.push_back(
         {id, PendingCall{std::move(done), std::move(view), nullptr, std::move(info), true, true, now, leads}, timeout});
     e->has_arrivals = true;

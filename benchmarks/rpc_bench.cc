@@ -112,6 +112,8 @@ const TestData& test_data(const std::string& which) {
     p = {"caller", "host.echo|" + int8, int8};
   } else if (which == "chain_host_ext_host_ext") {  // caller -> host -> echo (another extension)
     p = {"caller", "ext.echo|" + int8, int8};
+  } else if (which == "chain_ext_ext") {  // caller -> "@bench-B/echo": the built-in extension -> extension call
+    p = {"caller", "@bench-B/echo|" + int8, int8};
   } else if (which == "recursion_depth_8") {  // countdown 8 -> host -> countdown 7 -> ... -> countdown 0
     p = {"countdown", "8", "8,7,6,5,4,3,2,1,0"};
   }
@@ -459,7 +461,7 @@ struct Contexts {
     ho.default_call_timeout = cfg.timeout;
     r->host = std::make_unique<Host>(ho);
     Host& h = *r->host;
-    const std::string b_name = "bench-" + transport + "-B";
+    const std::string b_name = "bench-B";  // one host per transport at a time
     h.register_service("host.echo", [](ServiceRequest req) { req.reply(req.input()); });
     h.register_service("ext.echo", [b_name](ServiceRequest req) {
       req.call(b_name, "echo", req.input(), [req](CallResult res) { req.reply(std::move(res)); });
@@ -470,6 +472,7 @@ struct Contexts {
     auto start = [&](const std::string& name, std::vector<std::string> skills) -> std::optional<Extension> {
       ExtensionOptions eo;
       eo.name = name;
+      eo.may_call = {b_name};  // chain_ext_ext
       auto ext = h.spawn(eo);
       if (!ext.ok()) {
         r->error = "spawn " + name + ": " + ext.error().to_string();
@@ -644,6 +647,9 @@ std::vector<TestDef> make_tests(Contexts& cx, const std::vector<std::string>& tr
       }
       if (k == "small_int") {
         t.push_back({"small_int_unsandboxed", tr, cat, base, [&cx, tr] { return prepare_unsandboxed(cx, tr); }});
+      }
+      if (k == "chain_host_ext_host_ext") {  // the same chain through the built-in "@EXT/SKILL" service
+        t.push_back({"chain_ext_ext", tr, cat, base, [&cx, tr] { return prepare_call(cx, tr, "chain_ext_ext"); }});
       }
       if (k == "large_array_8mb") {  // a large output, copied vs written in place (Notes: in place ÷ copied)
         for (const char* o : {"output_8mb_copied", "output_8mb_in_place"}) {

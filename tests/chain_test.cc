@@ -158,6 +158,64 @@ TEST_P(ChainTest, ExtensionToExtensionNeedsPermission) {
   EXPECT_EQ(c->call("caller", "@B/sleeper|1").error().code, Code::PermissionDenied);
 }
 
+// "@EXT/SKILL" chains while the caller waits in Extension::call: the waiting thread may
+// serve them itself (msgpack: calls.cc, serve_chain_here) instead of the loop. Whoever
+// serves it, the answers, the errors (where in the chain, who said it), the deadline
+// and recursion through the calling extension are the same.
+TEST_P(ChainTest, ExtensionToExtensionChainsAnswerFailAndKeepTheirDeadline) {
+  auto c = spawn("C", {"B", "C"});
+  for (auto n : {"caller", "echo", "sleeper"}) ASSERT_TRUE(c->load_skill(n, skill(n)).ok());
+  for (int i = 0; i < 30; ++i) {
+    const std::string in = "round " + std::to_string(i);
+    auto r = c->call("caller", "@B/echo|" + in);
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    EXPECT_EQ(*r, in);
+  }
+  // Through the calling extension again (C -> C -> B): its socket is not held while the
+  // nested call runs in it.
+  auto twice = c->call("caller", "@C/caller|@B/echo|deep");
+  ASSERT_TRUE(twice.ok()) << twice.error().to_string();
+  EXPECT_EQ(*twice, "deep");
+  // B's error, named where it happened.
+  auto bad = c->call("caller", "@B/sleeper|not a number");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.error().message, HasSubstr("in B/sleeper: "));
+  EXPECT_THAT(bad.error().message, HasSubstr("extension 'B'"));
+  EXPECT_THAT(bad.error().message, HasSubstr("bad milliseconds"));
+  // The outer deadline bounds the nested call.
+  CallOptions co;
+  co.timeout = 300ms;
+  auto slow = c->call("caller", "@B/sleeper|5000", co);
+  ASSERT_FALSE(slow.ok());
+  EXPECT_EQ(slow.error().code, Code::Timeout) << slow.error().to_string();
+  // A skill B does not have: NotFound from B, passed on.
+  auto missing = c->call("caller", "@B/nothing|x");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_THAT(missing.error().message, HasSubstr("in B/nothing: ")) << missing.error().to_string();
+  // Everyone still serves, and nothing is left in flight.
+  EXPECT_EQ(*c->call("caller", "@B/echo|after"), "after");
+  EXPECT_EQ(*b_->call("echo", "B serves"), "B serves");
+  ASSERT_TRUE(wait_until([&] { return b_->stats().in_flight == 0 && c->stats().in_flight == 0; }, 10s));
+}
+
+// A crash of B while the waiting thread serves the chain reaches the caller, and C
+// keeps serving.
+TEST_P(ChainTest, ACrashOfBDuringAnExtensionToExtensionChainReachesTheCaller) {
+  auto c = spawn("C", {"B"});
+  ASSERT_TRUE(c->load_skill("caller", skill("caller")).ok());
+  ASSERT_TRUE(c->load_skill("echo", skill("echo")).ok());
+  auto f = std::async(std::launch::async, [&] { return c->call("caller", "@B/sleeper|60000"); });
+  ASSERT_TRUE(wait_until([&] { return b_->stats().in_flight == 1; }, 10s));
+  const int pid = b_->pid();
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  ASSERT_EQ(f.wait_for(60s), std::future_status::ready);
+  auto r = f.get();
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.error().message, HasSubstr("in B/sleeper: ")) << r.error().to_string();
+  EXPECT_EQ(*c->call("echo", "C serves"), "C serves");
+}
+
 TEST_P(ChainTest, CrashOfBMidChainReachesTheCallerAndASurvives) {
   std::promise<void> started;
   host_->register_service("viaB", [&](ServiceRequest req) {

@@ -8,12 +8,21 @@
 #include "host_impl.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "log_gate.h"
 
 namespace airlock::detail {
 
 namespace {
+// The thread that leads an extension's socket (HostImpl::lead), and a chain request it
+// took, to serve once it has stepped down.
+struct LeadContext {
+  const ExtensionState* e;
+  std::optional<proto::Request> deferred;
+};
+thread_local LeadContext* tl_lead = nullptr;
+
 int64_t ns_of(Deadline d) { return std::chrono::duration_cast<std::chrono::nanoseconds>(d.time_since_epoch()).count(); }
 // Lowers `a` to `v` if `v` is smaller; true if it did.
 bool lower(std::atomic<int64_t>& a, int64_t v) {
@@ -86,14 +95,50 @@ void HostImpl::lead(const std::shared_ptr<ExtensionState>& e, std::string_view s
     reader = e->reader;
   }
   if (!reader) return;
-  const bool handed = reader->lead(finished, until);
+  LeadContext ctx{e.get(), std::nullopt};
+  struct Restore {
+    LeadContext* outer;
+    ~Restore() { tl_lead = outer; }
+  } restore{std::exchange(tl_lead, &ctx)};
+  const auto stop = [&] { return ctx.deferred.has_value() || finished(); };
+  bool handed = false;
+  for (;;) {
+    handed = reader->lead(stop, until);
+    if (!ctx.deferred) break;
+    // A chain request of the call we wait for: served on this thread, the socket back
+    // with the loop meanwhile (the target may call this extension in turn).
+    proto::Request req = std::move(*ctx.deferred);
+    ctx.deferred.reset();
+    serve_chain_here(e, std::move(req));
+    if (handed || finished()) break;
+  }
   if (handed && !finished()) {
     std::lock_guard lk(e->direct_mu);
     if (e->lead_skips.size() < 4096) e->lead_skips[std::string(skill)] = kSkips;  // bounded: names come from callers
   }
 }
 
+// [a leader] A skill's "@EXT/SKILL" request, made by a call whose caller leads: kept for
+// the leader to serve once it has stepped down (serve_chain_here), so that the host's
+// loop thread neither reads it nor relays the nested call. Anything else, or with
+// anything in doubt, is the loop's (on_service_request, with its checks and errors).
+bool HostImpl::defer_chain_request(ExtensionState& e, proto::Request& q) {
+  LeadContext* c = tl_lead;
+  if (!c || c->e != &e || c->deferred || !(q.id & kExtensionIdBit) || q.target.size() < 2 || q.target[0] != '@') {
+    return false;
+  }
+  {
+    std::lock_guard lk(e.direct_mu);
+    if (std::none_of(e.arrivals.begin(), e.arrivals.end(), [&](const auto& a) { return a.id == q.parent_id && a.pc.waiter; })) {
+      return false;
+    }
+  }
+  c->deferred = std::move(q);
+  return true;
+}
+
 bool HostImpl::take_direct_answer(ExtensionState& e, proto::Frame& f) {
+  if (auto* q = std::get_if<proto::Request>(&f)) return defer_chain_request(e, *q);
   auto* r = std::get_if<proto::Response>(&f);
   if (!r || !r->shm_refs.empty()) return false;
   PendingCall pc;

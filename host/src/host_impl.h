@@ -97,6 +97,10 @@ struct ServiceCallState {
   std::vector<std::pair<std::weak_ptr<ExtensionState>, uint64_t>> children;  // [loop] nested calls
 };
 
+// Ids of requests an extension sends (service calls) have the top bit set, so they never
+// collide with the host's ids on the same channel (extension/serve/server.cc).
+constexpr uint64_t kExtensionIdBit = 1ull << 63;
+
 // One extension: the handle's shared state. Fields marked [loop] are touched only on
 // the I/O thread; the atomics may be read anywhere.
 class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
@@ -256,6 +260,11 @@ class HostImpl {
   // [the thread that read it: a leader, gRPC's CQ thread] Completes the call a Response answers, if it was sent directly, is still
   // unadopted, waited for in Extension::call, and the answer is inline. False: the loop's.
   bool take_direct_answer(ExtensionState& e, proto::Frame& f);
+  bool defer_chain_request(ExtensionState& e, proto::Request& q);
+  // [a caller's thread] Serves a chain request a leader deferred: the nested call sent
+  // and waited for on this thread, the answer written back to `e`; where it cannot (not
+  // allowed, too deep, the target not ready...), the loop serves it as any other.
+  void serve_chain_here(const std::shared_ptr<ExtensionState>& e, proto::Request req);
   // The extension's words in an error: one line, cut, prefixed with who said it.
   Error named_error(ExtensionState& e, Error err) const;
   // Moves calls sent on callers' threads into `pending`, with their deadline timers.

@@ -16,12 +16,6 @@
 
 namespace airlock::detail {
 
-namespace {
-// Ids of requests an extension sends (service calls) have the top bit set, so they never
-// collide with the host's ids on the same channel (extension/serve/server.cc).
-constexpr uint64_t kExtensionIdBit = 1ull << 63;
-}  // namespace
-
 void HostImpl::on_frame(const std::shared_ptr<ExtensionState>& e, proto::Frame&& f) {
   adopt_arrivals(*e);  // calls sent on callers' threads: this may answer one
   if (e->channel) e->queued_bytes = e->channel->queued_bytes();  // it reads: what waits may have shrunk

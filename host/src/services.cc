@@ -7,7 +7,9 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <future>
+#include <optional>
 
 #include "host_impl.h"
 
@@ -171,6 +173,88 @@ void HostImpl::nested_call(const std::shared_ptr<ServiceCallState>& s, std::stri
     }
     done(std::move(r));
   }, std::move(info));
+}
+
+void HostImpl::serve_chain_here(const std::shared_ptr<ExtensionState>& e, proto::Request req) {
+  // The loop serves what this thread cannot: exactly as if it had read the request.
+  auto to_loop = [&] { post([this, e, f = proto::Frame(std::move(req))]() mutable { on_frame(e, std::move(f)); }); };
+  ChainInfo parent;
+  {
+    std::lock_guard lk(e->direct_mu);
+    auto it = std::find_if(e->arrivals.begin(), e->arrivals.end(), [&](const auto& a) { return a.id == req.parent_id; });
+    if (it == e->arrivals.end()) return to_loop();  // adopted meanwhile: the loop's now
+    parent = it->pc.info;
+  }
+  const std::string& service = req.target;  // "@EXT/SKILL", as on_service_request parses it
+  const auto slash = service.find('/');
+  const std::string ext = service.substr(1, slash == std::string::npos ? std::string::npos : slash - 1);
+  const std::string skill = slash == std::string::npos ? "run" : service.substr(slash + 1);
+  Deadline deadline = parent.deadline;
+  if (req.timeout_us) deadline = std::min(deadline, std::chrono::steady_clock::now() + std::chrono::microseconds(req.timeout_us));
+  const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+  if (!may_call(e->opts, ext, skill) || parent.depth + 1 > opts.max_chain_depth || remaining.count() <= 0) return to_loop();
+  std::shared_ptr<ExtensionState> target;
+  {
+    std::lock_guard lk(ext_mu_);
+    auto it = extensions_.find(ext);
+    if (it != extensions_.end()) target = it->second;
+  }
+  if (!target) return to_loop();
+  // The nested call, as nested_call() makes it.
+  const uint64_t id = next_id();
+  proto::Request nested;
+  nested.id = id;
+  nested.parent_id = req.parent_id;
+  nested.timeout_us = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(remaining).count());
+  nested.target = skill;
+  nested.method = "run";
+  nested.payload = std::move(req.payload);
+  ChainInfo info{parent.depth + 1, parent.chain + " -> " + service + " -> " + ext + "/" + skill, deadline};
+  struct Wait {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::atomic<bool> done{false};
+    std::optional<CallResult> r;
+  };
+  auto w = std::make_shared<Wait>();
+  Done done = [w](CallResult r) {
+    {
+      std::lock_guard lk(w->mu);
+      w->r = std::move(r);
+    }
+    w->done = true;
+    w->cv.notify_all();
+  };
+  std::shared_ptr<OutputView> no_view;
+  bool leads = false;
+  proto::Frame frame = std::move(nested);
+  if (!send_direct(target, id, frame, remaining, done, info, no_view, &leads)) {
+    req.payload = std::move(std::get<proto::Request>(frame).payload);  // nothing was sent
+    return to_loop();
+  }
+  if (leads) lead(target, skill, deadline, [&w] { return w->done.load(); });
+  CallResult res = [&] {
+    std::unique_lock lk(w->mu);
+    w->cv.wait(lk, [&] { return w->r.has_value(); });
+    return std::move(*w->r);
+  }();
+  if (!res.ok()) {  // where in the chain it happened, as nested_call() says it
+    Error err = res.take_error();
+    err.message = "in " + ext + "/" + skill + ": " + err.message;
+    res = std::move(err);
+  }
+  proto::Response answer = proto::make_response(req.id, std::move(res));
+  std::shared_ptr<proto::DirectSender> sender;
+  {
+    std::lock_guard lk(e->direct_mu);
+    sender = e->direct;
+  }
+  if (sender && sender->try_send(answer)) return;
+  // Too large for a frame, the socket full, or the extension gone: the loop answers
+  // (send_response turns a refused answer into a small error), or finds no one to answer.
+  post([e, answer = std::move(answer)] {
+    if (e->channel) proto::send_response(*e->channel, answer);
+  });
 }
 
 void HostImpl::end_services(ExtensionState& e, uint64_t parent) {

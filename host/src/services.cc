@@ -25,6 +25,27 @@ bool may_call(const ExtensionOptions& o, const std::string& ext, const std::stri
   return std::any_of(o.may_call.begin(), o.may_call.end(),
                      [&](const std::string& p) { return p == "*" || p == ext || p == ext + "/" + skill; });
 }
+
+// "@EXT/SKILL" (or "@EXT": its skill "run"), the built-in extension -> extension service:
+// {EXT, SKILL}.
+std::pair<std::string, std::string> chain_target(const std::string& service) {
+  const auto slash = service.find('/');
+  return {service.substr(1, slash == std::string::npos ? std::string::npos : slash - 1),
+          slash == std::string::npos ? "run" : service.substr(slash + 1)};
+}
+
+// A chain's nested call, made under the host request `parent` of the calling skill.
+proto::Request nested_request(uint64_t id, uint64_t parent, std::chrono::milliseconds remaining, const std::string& skill,
+                              std::string input) {
+  proto::Request req;
+  req.id = id;
+  req.parent_id = parent;
+  req.timeout_us = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(remaining).count());
+  req.target = skill;
+  req.method = "run";
+  req.payload = std::move(input);
+  return req;
+}
 }  // namespace
 
 void HostImpl::register_service(const std::string& name, ServiceHandler h, BlockingServiceHandler b, ServiceOptions o) {
@@ -72,9 +93,7 @@ void HostImpl::on_service_request(const std::shared_ptr<ExtensionState>& e, prot
   e->open_service_ids.insert(s->id);
 
   if (!s->service.empty() && s->service[0] == '@') {  // built-in: call a skill in another extension
-    auto slash = s->service.find('/');
-    std::string ext = s->service.substr(1, slash == std::string::npos ? std::string::npos : slash - 1);
-    std::string skill = slash == std::string::npos ? "run" : s->service.substr(slash + 1);
+    auto [ext, skill] = chain_target(s->service);
     if (!may_call(e->opts, ext, skill)) {
       return reply_service(s, make_error(Code::PermissionDenied, "extension '" + e->opts.name + "' may not call '" +
                                                                      ext + "/" + skill + "' (ExtensionOptions::may_call)"));
@@ -155,13 +174,7 @@ void HostImpl::nested_call(const std::shared_ptr<ServiceCallState>& s, std::stri
   }
   if (!target) return done(make_error(Code::NotFound, "no extension '" + ext + "' (" + info.chain + ")"));
   uint64_t id = next_id();
-  proto::Request req;
-  req.id = id;
-  req.parent_id = s->parent;
-  req.timeout_us = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(remaining).count());
-  req.target = skill;
-  req.method = "run";
-  req.payload = std::move(input);
+  proto::Request req = nested_request(id, s->parent, remaining, skill, std::move(input));
   s->children.emplace_back(target, id);
   // Errors say where in the chain they happened.
   auto where = "in " + ext + "/" + skill + ": ";
@@ -185,10 +198,8 @@ void HostImpl::serve_chain_here(const std::shared_ptr<ExtensionState>& e, proto:
     if (it == e->arrivals.end()) return to_loop();  // adopted meanwhile: the loop's now
     parent = it->pc.info;
   }
-  const std::string& service = req.target;  // "@EXT/SKILL", as on_service_request parses it
-  const auto slash = service.find('/');
-  const std::string ext = service.substr(1, slash == std::string::npos ? std::string::npos : slash - 1);
-  const std::string skill = slash == std::string::npos ? "run" : service.substr(slash + 1);
+  const std::string& service = req.target;
+  const auto [ext, skill] = chain_target(service);
   Deadline deadline = parent.deadline;
   if (req.timeout_us) deadline = std::min(deadline, std::chrono::steady_clock::now() + std::chrono::microseconds(req.timeout_us));
   const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
@@ -200,15 +211,8 @@ void HostImpl::serve_chain_here(const std::shared_ptr<ExtensionState>& e, proto:
     if (it != extensions_.end()) target = it->second;
   }
   if (!target) return to_loop();
-  // The nested call, as nested_call() makes it.
   const uint64_t id = next_id();
-  proto::Request nested;
-  nested.id = id;
-  nested.parent_id = req.parent_id;
-  nested.timeout_us = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(remaining).count());
-  nested.target = skill;
-  nested.method = "run";
-  nested.payload = std::move(req.payload);
+  proto::Request nested = nested_request(id, req.parent_id, remaining, skill, std::move(req.payload));
   ChainInfo info{parent.depth + 1, parent.chain + " -> " + service + " -> " + ext + "/" + skill, deadline};
   struct Wait {
     std::mutex mu;

@@ -233,7 +233,11 @@ void HostImpl::send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, 
     if (is_call) e->stats.finished({}, CallResult(err), /*was_started=*/false);
     done(std::move(err));
   };
-  if (!e->channel) {
+  // It hung up and its exit is not reaped yet (soon: one that hangs up and lives on is
+  // killed after a second): the call waits for the exit, so that it fails with the
+  // reason ("was killed by the sandbox: ..."), as a call in flight then does.
+  const bool exiting = !e->channel && e->proc.pidfd >= 0 && !e->stopping;
+  if (!e->channel && !exiting) {
     std::string why = e->stopping ? "is stopped" : "is not running" + (e->down_reason.empty() ? "" : " (" + e->down_reason + ")");
     return refuse(make_error(e->stopping ? Code::Unavailable : Code::ExtensionCrashed, e->label() + " " + why));
   }
@@ -241,13 +245,13 @@ void HostImpl::send_call(const std::shared_ptr<ExtensionState>& e, uint64_t id, 
     return refuse(make_error(Code::ResourceExhausted, e->label() + ": " + std::to_string(e->counted_pending) +
                                                         " calls in flight already (HostLimits::max_calls_in_flight)"));
   }
-  Status sent = e->channel->send(frame);
+  Status sent = exiting ? ok_status() : e->channel->send(frame);
   // A write that finds the peer gone closes the channel inside send(): its close callback
   // (on_channel_closed) has taken e->channel away by the time send() returns. The call
   // then stays pending until the exit is reaped (at most ~1 s: a process that hung up
   // is killed), so that it fails with the reason ("was killed by the sandbox: ...").
   e->queued_bytes = e->channel ? e->channel->queued_bytes() : 0;
-  if (sent.ok() && !e->channel && e->proc.pidfd < 0) {
+  if (sent.ok() && !e->channel && e->proc.pidfd < 0) {  // reaped meanwhile: nothing will end the call
     return refuse(make_error(Code::ExtensionCrashed, e->label() + " hung up"));
   }
   if (!sent.ok()) {

@@ -526,6 +526,45 @@ TEST_P(HostTest, CancelAWaitingCall) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 2500ms);
 }
 
+// A restarted extension reloads its skills from the compile cache (the entries read off
+// the loop thread); a damaged entry is not sent then either, and the skill compiles.
+TEST_P(HostTest, ARestartReloadsItsSkillsFromTheCompileCache) {
+  const std::string dir = ::testing::TempDir() + "/ccr-" + std::to_string(getpid()) + "-" + std::string(to_string(GetParam()));
+  std::filesystem::remove_all(dir);
+  auto o = opts();
+  o.compile_cache_dir = dir;
+  Host h(o);
+  ExtensionOptions eo;
+  eo.restart.mode = RestartPolicy::Mode::OnFailure;
+  eo.restart.initial_backoff = 10ms;
+  auto ext = spawn(h, "phoenix", eo);
+  ASSERT_TRUE(ext.load_skill("greet", skill("greet")).ok());
+  h.wait_for_compile_cache();
+  ASSERT_EQ(h.compile_cache_stats().built, 1u) << h.compile_cache_stats().last_failure;
+  const auto hits0 = h.compile_cache_stats().hits;
+  auto restart = [&] {
+    const int pid = ext.pid();
+    ASSERT_GT(pid, 0);
+    ASSERT_EQ(kill(pid, SIGKILL), 0);
+    ASSERT_TRUE(wait_until([&] { return ext.alive() && ext.pid() != pid && ext.pid() != 0; }, 20s)) << "no restart";
+  };
+  restart();
+  EXPECT_EQ(h.compile_cache_stats().hits, hits0 + 1) << "the reload took its code from the cache";
+  EXPECT_EQ(*ext.call("greet", "Ada"), "Hello, Ada!");
+  // Damaged while it runs: the next reload finds the checksum wrong, deletes the entry
+  // and sends only the module.
+  const std::string entry = only_entry(dir);
+  ASSERT_FALSE(entry.empty());
+  std::string bytes = slurp(entry);
+  bytes[bytes.size() / 2] ^= 0x5a;
+  spill(entry, bytes);
+  restart();
+  EXPECT_EQ(h.compile_cache_stats().corrupt, 1u);
+  EXPECT_EQ(h.compile_cache_stats().hits, hits0 + 1);
+  EXPECT_EQ(*ext.call("greet", "Bo"), "Hello, Bo!");
+  std::filesystem::remove_all(dir);
+}
+
 TEST_P(HostTest, KillNineFailsInFlightCallsAndRestartRecovers) {
   Host h(opts());
   ExtensionOptions eo;

@@ -72,6 +72,11 @@ HostImpl::HostImpl(HostOptions o) : opts(std::move(o)) {
 
 HostImpl::~HostImpl() {
   stop_all(0ms);
+  {
+    std::lock_guard lk(reader_mu_);
+    for (auto& [t, done] : cache_readers_) t.join();  // each posts once, to a loop still running
+    cache_readers_.clear();
+  }
   workers_.reset();  // after stop_all: blocked handlers' nested calls have failed by now
   post([this] {
     closing_ = true;
@@ -336,7 +341,7 @@ Status Extension::load_skill_bytes(const std::string& skill, std::span<const uin
 Status Extension::load(const std::string& skill, std::shared_ptr<const void> keep, std::string_view wasm, std::string path,
                        std::optional<SkillLimits> limits) {
   detail::LoadedSkill ls{std::move(keep), wasm, std::move(path),
-                         limits ? *limits : (s_->opts.limits ? *s_->opts.limits : s_->host->opts.default_limits)};
+                         limits ? *limits : (s_->opts.limits ? *s_->opts.limits : s_->host->opts.default_limits), {}};
   auto s = s_;
   // The compile cache, on this (the caller's) thread: it reads a file.
   auto* cache = s->compile_cache;
@@ -346,6 +351,7 @@ Status Extension::load(const std::string& skill, std::shared_ptr<const void> kee
   bool found = false;
   if (cache && ls.path.empty() && !ls.wasm.empty()) {
     cache_key = cache->key(ls.wasm, ls.limits.max_memory_mb, engine);
+    ls.cache_key = cache_key;
     // An entry that would push the frame past its limit is not sent (the load compiles).
     auto code = cache->lookup(cache_key);
     found = code.has_value();

@@ -59,6 +59,7 @@ struct LoadedSkill {
   std::string_view wasm;
   std::string path;  // ... or a path the extension reads
   SkillLimits limits;
+  std::string cache_key;  // its compile-cache entry's key, if it has one (reloaded from it)
 };
 
 using Deadline = std::chrono::steady_clock::time_point;
@@ -308,6 +309,13 @@ class HostImpl {
   void on_process_exit(const std::shared_ptr<ExtensionState>& e);
   CallResult take_shared_output(const std::shared_ptr<ExtensionState>& e, const proto::Response& r, OutputView* view);
   void reload_skills(const std::shared_ptr<ExtensionState>& e, std::function<void(Status)> done);
+  // The loads of a reload, with the compiled code found for them (by skill name).
+  void send_reloads(const std::shared_ptr<ExtensionState>& e, std::map<std::string, std::shared_ptr<std::string>> compiled,
+                    std::function<void(Status)> done);
+  // Compile-cache reads for reloads, off the loop thread (each reads files): joined by
+  // ~HostImpl; finished ones are joined when the next starts.
+  std::mutex reader_mu_;
+  std::vector<std::pair<std::thread, std::shared_ptr<std::atomic<bool>>>> cache_readers_;
   void schedule_restart(const std::shared_ptr<ExtensionState>& e);
   void attach_process(const std::shared_ptr<ExtensionState>& e, ChildProcess child);
   void start_with_exec(const std::shared_ptr<ExtensionState>& e, const std::vector<std::string>& argv, int child_side);

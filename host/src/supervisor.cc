@@ -13,6 +13,7 @@
 #include <future>
 
 #include "airlock/guard_regions.h"
+#include "compile_cache.h"
 #include "host_impl.h"
 
 namespace airlock::detail {
@@ -242,6 +243,50 @@ void HostImpl::schedule_restart(const std::shared_ptr<ExtensionState>& e) {
 
 // Ready arrived (once per process): reload what a restarted process lost, then report.
 void HostImpl::reload_skills(const std::shared_ptr<ExtensionState>& e, std::function<void(Status)> done) {
+  auto* cache = e->compile_cache;
+  std::vector<std::pair<std::string, std::string>> wanted;  // skill, cache key
+  if (cache) {
+    for (const auto& [name, s] : e->skills) {
+      if (!s.cache_key.empty()) wanted.emplace_back(name, s.cache_key);
+    }
+  }
+  if (wanted.empty()) return send_reloads(e, {}, std::move(done));
+  // The entries are read on a thread of their own (files, checksums: ~0.3 ms each), and
+  // the loads sent from the loop when they are in. A process that is gone by then (or
+  // replaced) drops them: its exit has answered `done`'s waiter already.
+  const uint64_t attempt = e->attempt;
+  const uint32_t max_frame = opts.max_frame_bytes;
+  auto finished = std::make_shared<std::atomic<bool>>(false);
+  std::lock_guard lk(reader_mu_);
+  for (auto it = cache_readers_.begin(); it != cache_readers_.end();) {
+    if (it->second->load()) {
+      it->first.join();
+      it = cache_readers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  // Not `e` itself: this thread must never hold the last reference (its destructor closes
+  // a channel, which only the loop thread may do); `done` is moved on to the loop.
+  std::weak_ptr<ExtensionState> weak = e;
+  std::thread t([this, weak, cache, wanted = std::move(wanted), attempt, max_frame, finished, done = std::move(done)]() mutable {
+    std::map<std::string, std::shared_ptr<std::string>> compiled;
+    for (const auto& [name, key] : wanted) {
+      auto code = cache->lookup(key);
+      if (code && code->size() + 4096 <= max_frame) compiled[name] = std::make_shared<std::string>(std::move(*code));
+    }
+    post([this, weak, attempt, compiled = std::move(compiled), done = std::move(done)]() mutable {
+      auto e = weak.lock();
+      if (!e || e->attempt != attempt || !e->channel || !e->got_ready) return;
+      send_reloads(e, std::move(compiled), std::move(done));
+    });
+    *finished = true;
+  });
+  cache_readers_.emplace_back(std::move(t), finished);
+}
+
+void HostImpl::send_reloads(const std::shared_ptr<ExtensionState>& e, std::map<std::string, std::shared_ptr<std::string>> compiled,
+                            std::function<void(Status)> done) {
   auto left = std::make_shared<size_t>(e->skills.size());
   auto first_error = std::make_shared<Status>(ok_status());
   if (*left == 0) return done(ok_status());
@@ -253,10 +298,16 @@ void HostImpl::reload_skills(const std::shared_ptr<ExtensionState>& e, std::func
     l.path = s.path;
     l.max_memory_pages = s.limits.max_memory_mb * 16;
     l.timeout_ms = s.limits.timeout_ms;
+    auto code = compiled.find(name);
+    const bool sent_code = code != compiled.end() && code->second->size() + s.wasm.size() + 4096 <= opts.max_frame_bytes;
+    if (sent_code) l.compiled = std::move(*code->second);
     e->loads_in_flight++;
-    send_call(e, l.id, std::move(l), 30s, [e, left, first_error, done, name](CallResult r) {
+    send_call(e, l.id, std::move(l), 30s, [e, left, first_error, done, name, sent_code](CallResult r) {
       e->loads_in_flight--;
       if (!r.ok() && first_error->ok()) *first_error = make_error(r.error().code, "reloading skill '" + name + "': " + r.error().message);
+      // A hit counts as one; an entry refused is left for the next load_skill of that
+      // module to rebuild.
+      if (sent_code && r.ok() && *r == "cache: hit" && e->compile_cache) e->compile_cache->hit();
       if (--*left == 0) done(*first_error);
     }, {}, false);
   }

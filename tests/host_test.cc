@@ -224,10 +224,15 @@ std::string slurp(const std::string& path) {
   return {std::istreambuf_iterator<char>(f), {}};
 }
 void spill(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes; }
+// An empty compile-cache folder of this test process and transport.
+std::string fresh_cache_dir(const std::string& tag, Transport t) {
+  const std::string dir = ::testing::TempDir() + "/" + tag + "-" + std::to_string(getpid()) + "-" + std::string(to_string(t));
+  std::filesystem::remove_all(dir);
+  return dir;
+}
 
 TEST_P(HostTest, CompileCacheBuildsEntriesThatLaterLoadsUseAndRebuildsBadOnes) {
-  const std::string dir = ::testing::TempDir() + "/cc-" + std::to_string(getpid()) + "-" + std::string(to_string(GetParam()));
-  std::filesystem::remove_all(dir);
+  const std::string dir = fresh_cache_dir("cc", GetParam());
   auto o = opts();
   o.compile_cache_dir = dir;
   Host h(o);
@@ -529,8 +534,7 @@ TEST_P(HostTest, CancelAWaitingCall) {
 // A restarted extension reloads its skills from the compile cache (the entries read off
 // the loop thread); a damaged entry is not sent then either, and the skill compiles.
 TEST_P(HostTest, ARestartReloadsItsSkillsFromTheCompileCache) {
-  const std::string dir = ::testing::TempDir() + "/ccr-" + std::to_string(getpid()) + "-" + std::string(to_string(GetParam()));
-  std::filesystem::remove_all(dir);
+  const std::string dir = fresh_cache_dir("ccr", GetParam());
   auto o = opts();
   o.compile_cache_dir = dir;
   Host h(o);

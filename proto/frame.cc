@@ -20,12 +20,11 @@ uint64_t inline_bytes(const Frame& f) {
   }
   if (const auto* r = std::get_if<Response>(&f)) return r->error.size() + r->payload.size();
   if (const auto* l = std::get_if<LoadSkill>(&f)) {
-    return l->name.size() + l->wasm.size() + l->path.size() + l->compiled.size();
+    return l->name.size() + l->wasm.size() + l->path.size();
   }
   if (const auto* u = std::get_if<UnloadSkill>(&f)) return u->name.size();
-  if (const auto* r = std::get_if<Ready>(&f)) return r->name.size();
-  if (const auto* l = std::get_if<Log>(&f)) return l->message.size() + l->skill.size();
   if (const auto* r = std::get_if<Ready>(&f)) return r->name.size() + r->sandbox.size();
+  if (const auto* l = std::get_if<Log>(&f)) return l->message.size() + l->skill.size();
   return 0;
 }
 
@@ -53,6 +52,10 @@ Status validate(const Frame& f) {
                         "Response.trap out of range: " + std::to_string(int(r->trap)));
     }
     return check_refs(r->shm_refs);
+  }
+  if (const auto* l = std::get_if<LoadSkill>(&f); l && l->compiled.size() > 1) {
+    return make_error(Code::InvalidArgument, "LoadSkill.compiled names " + std::to_string(l->compiled.size()) +
+                                                 " buffers (at most one)");
   }
   if (const auto* l = std::get_if<Log>(&f); l && l->level > kMaxLogLevel) {
     return make_error(Code::InvalidArgument, "Log.level out of range: " + std::to_string(l->level));

@@ -107,7 +107,7 @@ class Writer {
     str(l.path);
     u(l.max_memory_pages);
     u(l.timeout_ms);
-    bin(l.compiled);
+    refs(l.compiled);
   }
   void operator()(const UnloadSkill& x) {
     begin(kTagUnloadSkill, 2);
@@ -204,14 +204,14 @@ class Fields {
     if (const msgpack::object* o = take(name, msgpack::type::BIN))
       v.assign(o->via.bin.ptr, o->via.bin.size);
   }
-  void refs(std::vector<ShmRef>& v) {
-    const msgpack::object* o = take("shm_refs", msgpack::type::ARRAY);
+  void refs(std::vector<ShmRef>& v, const char* name = "shm_refs") {
+    const msgpack::object* o = take(name, msgpack::type::ARRAY);
     if (!o) return;
     v.reserve(o->via.array.size);  // bounded by the unpack limit (kMaxShmRefs)
     for (uint32_t k = 0; k < o->via.array.size && !err_; ++k) {
       const msgpack::object& ref = o->via.array.ptr[k];
       if (ref.type != msgpack::type::ARRAY || ref.via.array.size != 3) {
-        return fail("shm_refs",
+        return fail(name,
                     "element " + std::to_string(k) + " is not a [buffer_id, offset, length] array");
       }
       Fields triple(ref.via.array, frame_, 0);
@@ -317,7 +317,7 @@ Result<Frame> from_object(const msgpack::object& o) {
       f.str(l.path, "path");
       f.u(l.max_memory_pages, "max_memory_pages");
       f.u(l.timeout_ms, "timeout_ms");
-      f.bin(l.compiled, "compiled");
+      f.refs(l.compiled, "compiled");
       return f.finish(std::move(l));
     }
     case kTagUnloadSkill: {

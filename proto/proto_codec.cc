@@ -86,7 +86,7 @@ struct ToProto {
     p->set_path(l.path);
     p->set_max_memory_pages(l.max_memory_pages);
     p->set_timeout_ms(l.timeout_ms);
-    p->set_compiled(l.compiled);
+    put_refs(l.compiled, p->mutable_compiled());
   }
   void operator()(const UnloadSkill& x) const {
     v1::UnloadSkill* p = m->mutable_unload_skill();
@@ -150,7 +150,7 @@ Result<Frame> convert(const v1::Frame& m) {
     case v1::Frame::kLoadSkill: {
       const v1::LoadSkill& p = m.load_skill();
       return Frame(
-          LoadSkill{p.id(), p.name(), p.wasm(), p.path(), p.max_memory_pages(), p.timeout_ms(), p.compiled()});
+          LoadSkill{p.id(), p.name(), p.wasm(), p.path(), p.max_memory_pages(), p.timeout_ms(), get_refs(p.compiled())});
     }
     case v1::Frame::kUnloadSkill:
       return Frame(UnloadSkill{m.unload_skill().id(), m.unload_skill().name()});

@@ -45,21 +45,48 @@ std::string seal_names(int seals) {
 
 }  // namespace
 
-Result<Buffer> Buffer::create(uint64_t size, std::string_view name) {
-  if (size == 0) return make_error(Code::InvalidArgument, "shm buffer of 0 bytes");
-  if (size > static_cast<uint64_t>(INT64_MAX))
-    return make_error(Code::InvalidArgument, "shm buffer size too large");
+namespace {
+Result<UniqueFd> new_memfd(std::string_view name) {
   std::string n(name.substr(0, 200));  // the kernel limits names to 249 bytes
   int fd = ::memfd_create(n.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
   if (fd < 0 && errno == EINVAL)  // kernel < 6.3: no MFD_NOEXEC_SEAL
     fd = ::memfd_create(n.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return sys_error(Code::ResourceExhausted, "memfd_create");
-  UniqueFd owned(fd);
+  return UniqueFd(fd);
+}
+}  // namespace
+
+Result<Buffer> Buffer::create(uint64_t size, std::string_view name) {
+  if (size == 0) return make_error(Code::InvalidArgument, "shm buffer of 0 bytes");
+  if (size > static_cast<uint64_t>(INT64_MAX))
+    return make_error(Code::InvalidArgument, "shm buffer size too large");
+  auto owned = new_memfd(name);
+  if (!owned) return owned.take_error();
+  const int fd = owned->get();
   if (::ftruncate(fd, static_cast<off_t>(size)) != 0)
     return sys_error(Code::ResourceExhausted, "ftruncate memfd");
   void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) return sys_error(Code::ResourceExhausted, "mmap memfd");
-  return Buffer(std::move(owned), static_cast<std::byte*>(p), size, g_next_id++);
+  return Buffer(std::move(*owned), static_cast<std::byte*>(p), size, g_next_id++);
+}
+
+Result<Buffer> Buffer::copy_of(std::span<const std::byte> bytes, std::string_view name) {
+  if (bytes.empty()) return make_error(Code::InvalidArgument, "shm buffer of 0 bytes");
+  auto owned = new_memfd(name);
+  if (!owned) return owned.take_error();
+  const int fd = owned->get();
+  for (size_t done = 0; done < bytes.size();) {
+    const ssize_t n = ::pwrite(fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return sys_error(Code::ResourceExhausted, "write memfd");
+    done += static_cast<size_t>(n);
+  }
+  if (::fcntl(fd, F_ADD_SEALS, kReadOnlySeals | F_SEAL_WRITE) != 0)
+    return sys_error(Code::Internal, "F_ADD_SEALS WRITE|GROW|SHRINK");
+  Buffer b(std::move(*owned), nullptr, bytes.size(), g_next_id++);
+  b.writable_ = false;
+  b.sealed_ = b.immutable_ = true;
+  return b;
 }
 
 Buffer::Buffer(UniqueFd fd, std::byte* base, uint64_t size, uint64_t id)
@@ -94,11 +121,14 @@ Buffer& Buffer::operator=(Buffer&& o) noexcept {
 
 Buffer::~Buffer() { unmap(); }
 
+// Ends this object's hold (mapped or not, as copy_of's are not); a moved-from one holds
+// nothing (size 0).
 void Buffer::unmap() {
-  if (base_ == nullptr) return;
-  ::munmap(base_, size_);
+  if (size_ == 0) return;
+  if (base_ != nullptr) ::munmap(base_, size_);
   detail::count_buffer(-1, -static_cast<int64_t>(size_));
   base_ = nullptr;
+  size_ = 0;
 }
 
 Status Buffer::seal() {

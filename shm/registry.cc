@@ -1,6 +1,10 @@
 #include "airlock/shm/registry.h"
 
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -88,6 +92,34 @@ Result<View> Registry::resolve(const proto::ShmRef& ref) const {
   return v;
 }
 
+Status Registry::read_once(const proto::ShmRef& ref, std::string& out) {
+  Entry e;  // closed (or unmapped) after the lock is dropped
+  {
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(ref.buffer_id);
+    if (it == entries_.end()) return make_error(Code::InvalidArgument, id_text(ref.buffer_id) + " unknown (never passed)");
+    if (ref.offset != 0 || ref.length != it->second.size) {
+      return make_error(Code::InvalidArgument, id_text(ref.buffer_id) + ": a lent buffer is read whole");
+    }
+    bytes_ -= it->second.size;
+    e = std::move(it->second);
+    entries_.erase(it);
+    releases_++;
+  }
+  out.resize(e.size);
+  if (e.mapping) {
+    std::memcpy(out.data(), e.mapping->data(), e.size);
+    return ok_status();
+  }
+  for (uint64_t got = 0; got < e.size;) {
+    const ssize_t n = ::pread(e.fd.get(), out.data() + got, e.size - got, static_cast<off_t>(got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return make_error(Code::InvalidArgument, id_text(ref.buffer_id) + ": shorter than announced");
+    got += static_cast<uint64_t>(n);
+  }
+  return ok_status();
+}
+
 Status Registry::release(uint64_t id) {
   Entry last;  // unmapped after the lock is dropped
   std::lock_guard lock(mu_);
@@ -96,6 +128,7 @@ Status Registry::release(uint64_t id) {
   bytes_ -= it->second.size;
   last = std::move(it->second);
   entries_.erase(it);
+  releases_++;
   return ok_status();
 }
 
@@ -103,6 +136,7 @@ void Registry::clear() {
   std::unordered_map<uint64_t, Entry> gone;
   std::lock_guard lock(mu_);
   gone.swap(entries_);
+  releases_ += gone.size();
   bytes_ = 0;
   last_words_.reset();
 }
@@ -110,6 +144,11 @@ void Registry::clear() {
 std::optional<uint64_t> Registry::last_words() const {
   std::lock_guard lock(mu_);
   return last_words_;
+}
+
+uint64_t Registry::releases() const {
+  std::lock_guard lock(mu_);
+  return releases_;
 }
 
 size_t Registry::open_count() const {
@@ -149,6 +188,11 @@ Status Exporter::drop(uint64_t id) {
   std::lock_guard lock(mu_);
   if (sent_.erase(id) == 0) return ok_status();
   return channel_->drop(id, timeout_ms_);
+}
+
+void Exporter::forget(uint64_t id) {
+  std::lock_guard lock(mu_);
+  sent_.erase(id);
 }
 
 void Exporter::forget_all() {

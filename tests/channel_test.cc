@@ -184,7 +184,7 @@ TEST_P(ChannelTest, RequestAndResponseRoundTrip) {
 
 TEST_P(ChannelTest, EveryFrameKindCrosses) {
   open_pair();
-  const std::vector<Frame> to_ext = {Cancel{5}, LoadSkill{6, "s", "\0asm", "", 16, 100}, UnloadSkill{7, "s"},
+  const std::vector<Frame> to_ext = {Cancel{5}, LoadSkill{6, "s", "\0asm", "", 16, 100, {}}, UnloadSkill{7, "s"},
                                      Health{8}, Shutdown{250}};
   const std::vector<Frame> to_host = {Ready{kProtocolVersion, 1234, "ext", ""}, Log{3, "a log line", "skill"}};
   for (const Frame& f : to_ext) ASSERT_TRUE(host_.ch->send(f).ok()) << frame_name(f);

@@ -30,7 +30,7 @@ std::vector<Frame> sample_frames() {
       Response{77, Code::Trap, TrapKind::MemoryOutOfBounds, "oob at 0x10\0!"s, "\0res\0"s,
                {{9, 8, 7}}},
       Cancel{UINT64_MAX},
-      LoadSkill{5, "resize", "\0asm\x01\0\0\0"s, "/skills/resize.wasm", 256, 3000, "\x01code\0bytes"s},
+      LoadSkill{5, "resize", "\0asm\x01\0\0\0"s, "/skills/resize.wasm", 256, 3000, {{12, 0, 107583}}},
       UnloadSkill{6, "resize"},
       Ready{3, -5, "ext-a", "applied: seccomp"},
       Health{99},

@@ -208,6 +208,66 @@ TEST(ShmBuffer, SealImmutableDropsWritableMappingAndAddsSealWrite) {
   EXPECT_EQ(checksum(m->bytes()), sum);
 }
 
+TEST(ShmBuffer, CopyOfIsAnImmutableUnmappedMemfdWithTheBytes) {
+  Baseline base;
+  {
+    std::vector<std::byte> bytes(100'000);
+    for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = std::byte(i * 7 + 1);
+    auto b = Buffer::copy_of(bytes, "copy-test");
+    ASSERT_TRUE(b.ok()) << b.error().to_string();
+    EXPECT_EQ(b->size(), bytes.size());
+    EXPECT_TRUE(b->immutable());
+    EXPECT_EQ(b->data(), nullptr);  // never mapped here
+    EXPECT_TRUE(b->bytes().empty());
+    EXPECT_EQ(stats().mappings, base.st.mappings);
+    const int seals = ::fcntl(b->fd(), F_GET_SEALS);
+    EXPECT_TRUE(seals & F_SEAL_WRITE);
+    EXPECT_TRUE(seals & F_SEAL_GROW);
+    EXPECT_TRUE(seals & F_SEAL_SHRINK);
+    EXPECT_LT(::pwrite(b->fd(), "x", 1, 0), 0);  // nobody writes it any more
+    auto m = map_readonly(dup_fd(b->fd()), bytes.size(), SealPolicy::kImmutable);
+    ASSERT_TRUE(m.ok()) << m.error().to_string();
+    EXPECT_EQ(checksum(m->bytes()), checksum(bytes));
+    EXPECT_EQ(stats().buffers, base.st.buffers + 1);
+  }
+  base.expect_back();
+  EXPECT_EQ(Buffer::copy_of({}).error().code, Code::InvalidArgument);
+}
+
+TEST(ShmRegistry, ReadOnceCopiesAWholeLentBufferAndLetsGoOfIt) {
+  Baseline base;
+  {
+    std::vector<std::byte> bytes(70'000, std::byte{0x5c});
+    bytes[69'999] = std::byte{1};
+    auto b = Buffer::copy_of(bytes);
+    ASSERT_TRUE(b.ok());
+    Registry reg;
+    ASSERT_TRUE(reg.add(3, dup_fd(b->fd()), bytes.size()).ok());
+    ASSERT_TRUE(reg.add(4, dup_fd(b->fd()), bytes.size()).ok());
+    std::string out;
+    // Only the whole buffer: a slice or an unknown id is refused and nothing is let go.
+    EXPECT_EQ(reg.read_once({3, 1, bytes.size() - 1}, out).error().code, Code::InvalidArgument);
+    EXPECT_EQ(reg.read_once({3, 0, 10}, out).error().code, Code::InvalidArgument);
+    EXPECT_EQ(reg.read_once({9, 0, bytes.size()}, out).error().code, Code::InvalidArgument);
+    EXPECT_EQ(reg.open_count(), 2u);
+    const uint64_t released = reg.releases();
+    ASSERT_TRUE(reg.read_once({3, 0, bytes.size()}, out).ok());
+    EXPECT_EQ(out.size(), bytes.size());
+    EXPECT_EQ(std::memcmp(out.data(), bytes.data(), bytes.size()), 0);
+    EXPECT_EQ(reg.open_count(), 1u);  // gone from the registry: read once
+    EXPECT_EQ(reg.releases(), released + 1);
+    EXPECT_EQ(reg.read_once({3, 0, bytes.size()}, out).error().code, Code::InvalidArgument);
+    // One that a View mapped already is copied from the mapping.
+    auto v = reg.resolve({4, 0, bytes.size()});
+    ASSERT_TRUE(v.ok());
+    std::string again;
+    ASSERT_TRUE(reg.read_once({4, 0, bytes.size()}, again).ok());
+    EXPECT_EQ(again, out);
+    EXPECT_EQ(reg.open_count(), 0u);
+  }
+  base.expect_back();
+}
+
 TEST(ShmBuffer, SealImmutableFailsWhileAnotherWritableMappingExists) {
   Buffer b = make_buffer(64 * 1024);
   void* other = ::mmap(nullptr, b.size(), PROT_READ | PROT_WRITE, MAP_SHARED, b.fd(), 0);

@@ -26,6 +26,7 @@
 #include <thread>
 
 #include "airlock/host.h"
+#include "airlock/shm/buffer.h"
 
 namespace airlock::detail {
 
@@ -36,8 +37,10 @@ class CompileCache {
 
   // The entry's name for these bytes loaded with this memory limit under these options.
   std::string key(std::string_view wasm, uint32_t max_memory_mb, const EngineOptions& engine) const;
-  // Its code, if the file is there and intact; a damaged one is deleted.
-  std::optional<std::string> lookup(const std::string& key);
+  // Its code in a sealed, immutable memfd (to be shared with the extension as it is), if
+  // the file is there and intact: the checksum is checked over the memfd's bytes. A
+  // damaged file is deleted.
+  std::optional<shm::Buffer> lookup(const std::string& key);
   // Builds the entry in the background (once per key: further requests are dropped).
   void build(const std::string& key, std::string wasm, uint32_t max_memory_mb, const EngineOptions& engine);
   // The extension's engine refused the entry (built for another V8 or other flags):

@@ -347,27 +347,25 @@ Status Extension::load(const std::string& skill, std::shared_ptr<const void> kee
   auto* cache = s->compile_cache;
   const EngineOptions& engine = s->engine;
   std::string cache_key;
-  std::shared_ptr<std::string> compiled;  // moved into the frame (built once)
-  bool found = false;
+  std::optional<shm::Buffer> code;        // the entry, in a sealed memfd
+  std::optional<proto::ShmRef> code_ref;  // ... lent to the extension for this load
   if (cache && ls.path.empty() && !ls.wasm.empty()) {
     cache_key = cache->key(ls.wasm, ls.limits.max_memory_mb, engine);
     ls.cache_key = cache_key;
-    // An entry that would push the frame past its limit is not sent (the load compiles).
-    auto code = cache->lookup(cache_key);
-    found = code.has_value();
-    if (code && code->size() + ls.wasm.size() + 4096 <= s->host->opts.max_frame_bytes) {
-      compiled = std::make_shared<std::string>(std::move(*code));
-    }
+    code = cache->lookup(cache_key);
+    // Waits for room on the side channel as long as the load itself may take: the
+    // extension reads its announcements as it reaches the loads queued before this one.
+    if (code && !s->host->on_loop_thread()) code_ref = s->lend_code(*code, 60s);
   }
   if (s->host->on_loop_thread()) {
     return make_error(Code::InvalidArgument, "blocking Extension methods must not be called from a call callback");
   }
-  auto r = control(s_, [s, skill, ls, compiled](uint64_t id) {
+  auto r = control(s_, [s, skill, ls, code_ref](uint64_t id) {
     proto::LoadSkill l;
     l.id = id;
     l.name = skill;
     l.wasm = ls.wasm;
-    if (compiled) l.compiled = std::move(*compiled);
+    if (code_ref) l.compiled.push_back(*code_ref);
     l.path = ls.path;
     l.max_memory_pages = ls.limits.max_memory_mb * 16;
     l.timeout_ms = ls.limits.timeout_ms;
@@ -375,6 +373,7 @@ Status Extension::load(const std::string& skill, std::shared_ptr<const void> kee
     s->loads_in_flight++;
     return proto::Frame(std::move(l));
   });
+  if (code_ref) s->code_returned(code_ref->buffer_id);
   s->host->post([s] { s->loads_in_flight--; });  // the health check waits for loads
   if (!r.ok()) {
     s->host->post([s, skill] { s->skills.erase(skill); });
@@ -383,10 +382,11 @@ Status Extension::load(const std::string& skill, std::shared_ptr<const void> kee
   if (!cache_key.empty()) {
     // The extension's word decides nothing but whether to build: an entry it says it
     // refused is deleted and built again by a process of our own.
-    if (!found) {
+    if (!code) {
       cache->build(cache_key, std::string(ls.wasm), ls.limits.max_memory_mb, engine);
-    } else if (!compiled) {
-      // Found but too large to send: left as it is.
+    } else if (!code_ref || *r == "cache: missing") {
+      // Not sent (no side channel), or it did not reach this process (a restart between
+      // the announcement and the frame): the entry is left as it is.
     } else if (*r == "cache: hit") {
       cache->hit();
     } else {

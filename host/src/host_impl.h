@@ -184,6 +184,14 @@ class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
   std::unique_ptr<shm::Exporter> exporter;
   std::shared_ptr<shm::Pool> pool;
 
+  // A compile-cache entry lent to the current process for one LoadSkill: its fd is
+  // announced on the side channel (before the frame that names it), and the extension
+  // closes it once the load is done. nullopt when it cannot be sent: no side channel,
+  // or its socket stayed full for `wait` (a peer that does not read); the load then
+  // compiles. Any thread but the loop's when `wait` > 0.
+  std::optional<proto::ShmRef> lend_code(shm::Buffer& code, std::chrono::milliseconds wait);
+  void code_returned(uint64_t id);  // the load is answered (or failed): forget the id
+
   std::string label() const;  // "extension 'x' (pid 123)"
   CallStats stats;  // any thread
 
@@ -310,7 +318,7 @@ class HostImpl {
   CallResult take_shared_output(const std::shared_ptr<ExtensionState>& e, const proto::Response& r, OutputView* view);
   void reload_skills(const std::shared_ptr<ExtensionState>& e, std::function<void(Status)> done);
   // The loads of a reload, with the compiled code found for them (by skill name).
-  void send_reloads(const std::shared_ptr<ExtensionState>& e, std::map<std::string, std::shared_ptr<std::string>> compiled,
+  void send_reloads(const std::shared_ptr<ExtensionState>& e, std::map<std::string, std::shared_ptr<shm::Buffer>> compiled,
                     std::function<void(Status)> done);
   // Compile-cache reads for reloads, off the loop thread (each reads files): joined by
   // ~HostImpl; finished ones are joined when the next starts.

@@ -1,6 +1,9 @@
 // Shared memory on the host side: SharedBuffer (a sealed memfd from an extension's pool,
 // or host-wide), Extension::allocate and the sending of a buffer's fd before the frame
 // that names it. Large outputs coming back are taken in peer_frames.cc.
+#include <poll.h>
+#include <unistd.h>
+
 #include <cstring>
 
 #include "host_impl.h"
@@ -34,6 +37,33 @@ Result<proto::ShmRef> Extension::share(const Payload& in) {
 }
 
 namespace detail {
+std::optional<proto::ShmRef> ExtensionState::lend_code(shm::Buffer& code, std::chrono::milliseconds wait) {
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  for (;;) {
+    int room = -1;  // a dup of the side socket, to wait on without the lock
+    {
+      std::lock_guard lk(shm_mu);
+      if (!exporter || !side.valid()) return std::nullopt;
+      auto r = exporter->share(code);
+      if (r.ok()) return *r;
+      // Full (the exporter never waits): ~270 announcements fit in the socket's buffer,
+      // and the extension takes them as it reaches the loads that name them.
+      if (r.error().code != Code::Timeout) return std::nullopt;
+      if (std::chrono::steady_clock::now() < deadline) room = ::dup(side.fd());
+    }
+    if (room < 0) return std::nullopt;
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    pollfd p{room, POLLOUT, 0};
+    (void)::poll(&p, 1, static_cast<int>(std::clamp<int64_t>(left.count(), 1, 1000)));
+    ::close(room);
+  }
+}
+
+void ExtensionState::code_returned(uint64_t id) {
+  std::lock_guard lk(shm_mu);
+  if (exporter) exporter->forget(id);
+}
+
 BufferState::~BufferState() {
   if (!own) return;  // pooled: the pool's on_free hook tells the extension
   for (auto& w : shared_with) {

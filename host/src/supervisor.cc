@@ -255,7 +255,6 @@ void HostImpl::reload_skills(const std::shared_ptr<ExtensionState>& e, std::func
   // the loads sent from the loop when they are in. A process that is gone by then (or
   // replaced) drops them: its exit has answered `done`'s waiter already.
   const uint64_t attempt = e->attempt;
-  const uint32_t max_frame = opts.max_frame_bytes;
   auto finished = std::make_shared<std::atomic<bool>>(false);
   std::lock_guard lk(reader_mu_);
   for (auto it = cache_readers_.begin(); it != cache_readers_.end();) {
@@ -269,11 +268,10 @@ void HostImpl::reload_skills(const std::shared_ptr<ExtensionState>& e, std::func
   // Not `e` itself: this thread must never hold the last reference (its destructor closes
   // a channel, which only the loop thread may do); `done` is moved on to the loop.
   std::weak_ptr<ExtensionState> weak = e;
-  std::thread t([this, weak, cache, wanted = std::move(wanted), attempt, max_frame, finished, done = std::move(done)]() mutable {
-    std::map<std::string, std::shared_ptr<std::string>> compiled;
+  std::thread t([this, weak, cache, wanted = std::move(wanted), attempt, finished, done = std::move(done)]() mutable {
+    std::map<std::string, std::shared_ptr<shm::Buffer>> compiled;
     for (const auto& [name, key] : wanted) {
-      auto code = cache->lookup(key);
-      if (code && code->size() + 4096 <= max_frame) compiled[name] = std::make_shared<std::string>(std::move(*code));
+      if (auto code = cache->lookup(key)) compiled[name] = std::make_shared<shm::Buffer>(std::move(*code));
     }
     post([this, weak, attempt, compiled = std::move(compiled), done = std::move(done)]() mutable {
       auto e = weak.lock();
@@ -285,7 +283,7 @@ void HostImpl::reload_skills(const std::shared_ptr<ExtensionState>& e, std::func
   cache_readers_.emplace_back(std::move(t), finished);
 }
 
-void HostImpl::send_reloads(const std::shared_ptr<ExtensionState>& e, std::map<std::string, std::shared_ptr<std::string>> compiled,
+void HostImpl::send_reloads(const std::shared_ptr<ExtensionState>& e, std::map<std::string, std::shared_ptr<shm::Buffer>> compiled,
                             std::function<void(Status)> done) {
   auto left = std::make_shared<size_t>(e->skills.size());
   auto first_error = std::make_shared<Status>(ok_status());
@@ -298,16 +296,20 @@ void HostImpl::send_reloads(const std::shared_ptr<ExtensionState>& e, std::map<s
     l.path = s.path;
     l.max_memory_pages = s.limits.max_memory_mb * 16;
     l.timeout_ms = s.limits.timeout_ms;
+    // Lent without waiting (this is the loop thread): one that does not fit on the side
+    // channel now is compiled instead.
     auto code = compiled.find(name);
-    const bool sent_code = code != compiled.end() && code->second->size() + s.wasm.size() + 4096 <= opts.max_frame_bytes;
-    if (sent_code) l.compiled = std::move(*code->second);
+    std::optional<proto::ShmRef> ref;
+    if (code != compiled.end()) ref = e->lend_code(*code->second, 0ms);
+    if (ref) l.compiled.push_back(*ref);
     e->loads_in_flight++;
-    send_call(e, l.id, std::move(l), 30s, [e, left, first_error, done, name, sent_code](CallResult r) {
+    send_call(e, l.id, std::move(l), 30s, [e, left, first_error, done, name, ref](CallResult r) {
       e->loads_in_flight--;
+      if (ref) e->code_returned(ref->buffer_id);
       if (!r.ok() && first_error->ok()) *first_error = make_error(r.error().code, "reloading skill '" + name + "': " + r.error().message);
       // A hit counts as one; an entry refused is left for the next load_skill of that
       // module to rebuild.
-      if (sent_code && r.ok() && *r == "cache: hit" && e->compile_cache) e->compile_cache->hit();
+      if (ref && r.ok() && *r == "cache: hit" && e->compile_cache) e->compile_cache->hit();
       if (--*left == 0) done(*first_error);
     }, {}, false);
   }

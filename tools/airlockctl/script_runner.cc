@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <future>
@@ -154,20 +155,30 @@ class Runner {
   }
   static Status status_of(const CallResult& r) { return r.ok() ? ok_status() : Status(r.error()); }
 
-  // Adds k skills, loading them in parallel (one thread per skill).
+  // Adds k skills, loading them in parallel: kLoaders threads, each loading the next
+  // skill not taken yet (a thread per skill cost 500 thread starts for 500 skills, and
+  // 32 loads in flight keep every extension busy).
   Status add(int k) {
+    static constexpr int kLoaders = 32;
     std::vector<std::string> fresh;
     for (int i = 0; i < k; ++i) {
       fresh.push_back("sample_c" + std::to_string(++added_));
       if (auto st = set_->add(fresh.back(), o_.distinct ? distinct_module(fresh.back()) : wasm_); !st.ok()) return st;
     }
-    std::vector<std::future<Status>> fs;
-    for (const auto& n : fresh) fs.push_back(std::async(std::launch::async, [this, n] { return set_->load(n); }));
+    std::atomic<size_t> next{0};
+    std::mutex mu;
     Status first = ok_status();
-    for (auto& f : fs) {
-      Status st = f.get();
-      if (!st.ok() && first.ok()) first = st;
+    std::vector<std::thread> loaders;
+    for (int t = 0; t < std::min(k, kLoaders); ++t) {
+      loaders.emplace_back([&] {
+        for (size_t i; (i = next++) < fresh.size();) {
+          Status st = set_->load(fresh[i]);
+          std::lock_guard lk(mu);
+          if (!st.ok() && first.ok()) first = st;
+        }
+      });
     }
+    for (auto& t : loaders) t.join();
     return first;
   }
 

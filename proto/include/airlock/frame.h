@@ -22,7 +22,8 @@ constexpr uint32_t kMaxShmRefs = 1024;
 constexpr uint8_t kMaxLogLevel = 6;
 // 2: Log carries the skill apart from the message (the host writes the prefix); Ready
 //    reports the sandbox.
-constexpr uint32_t kProtocolVersion = 2;
+// 3: LoadSkill's compiled code travels in shared memory (a ref), not in the frame.
+constexpr uint32_t kProtocolVersion = 3;
 
 // A slice of a shared memory buffer that was passed earlier (by SCM_RIGHTS) and is
 // referred to by id from then on.
@@ -69,10 +70,13 @@ struct LoadSkill {
   std::string path;
   uint32_t max_memory_pages = 0;  // 0 = extension default
   uint32_t timeout_ms = 0;        // 0 = extension default
-  // The module's code from the host's compile cache (V8's serialization), or empty. The
-  // extension uses it instead of compiling when its engine accepts it, and its answer
-  // says which ("cache: hit" / "cache: rejected").
-  std::string compiled;
+  // The module's code from the host's compile cache (V8's serialization), in shared
+  // memory: empty, or one ref to a sealed memfd announced on the side channel just
+  // before (a 32 KB skill's code is ~105 KB, which a frame would copy four times on the
+  // way and queue on the socket). The extension lets go of it once the load is done,
+  // uses it instead of compiling when its engine accepts it, and its answer says which:
+  // "cache: hit", "cache: rejected", or "cache: missing" (the buffer did not resolve).
+  std::vector<ShmRef> compiled;
   bool operator==(const LoadSkill&) const = default;
 };
 

@@ -41,6 +41,11 @@ class Buffer {
   // A new memfd of exactly `size` bytes (> 0), mapped read-write. The name only shows up
   // in /proc/<pid>/fd and /proc/<pid>/maps ("/memfd:<name>"), handy when hunting leaks.
   static Result<Buffer> create(uint64_t size, std::string_view name = "airlock");
+  // A new memfd holding a copy of `bytes` (written through the fd, never mapped here),
+  // sealed immutable at once: for handing bytes that already sit in memory to a peer
+  // without a mapping to set up and tear down on this side (each munmap of a process
+  // with threads on other CPUs costs a TLB shootdown). data() and bytes() are empty.
+  static Result<Buffer> copy_of(std::span<const std::byte> bytes, std::string_view name = "airlock");
 
   Buffer(Buffer&& o) noexcept;
   Buffer& operator=(Buffer&& o) noexcept;
@@ -58,7 +63,7 @@ class Buffer {
   std::span<std::byte> writable() { return {data(), writable_ ? size_ : 0}; }
   // Read view, always valid.
   const std::byte* data() const { return base_; }
-  std::span<const std::byte> bytes() const { return {base_, size_}; }
+  std::span<const std::byte> bytes() const { return {base_, base_ ? size_ : 0}; }
 
   // F_SEAL_FUTURE_WRITE | F_SEAL_GROW | F_SEAL_SHRINK. Idempotent; permanent (seals can
   // never be removed). The writable mapping stays usable.

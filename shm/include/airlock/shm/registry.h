@@ -65,12 +65,18 @@ class Registry {
   std::optional<uint64_t> last_words() const;
 
   Result<View> resolve(const proto::ShmRef& ref) const;
+  // The bytes of a buffer lent for one message (the whole buffer: offset 0, its full
+  // length), copied into `out`, and the buffer let go of. It is read through its fd,
+  // never mapped: for ~100 KB used once, mmap + faults + munmap (a TLB shootdown in a
+  // process with threads) cost more than the copy. Unknown or partial ref -> error.
+  Status read_once(const proto::ShmRef& ref, std::string& out);
   // Ends the sender's hold; the mapping goes once no View uses it. Unknown -> NotFound.
   Status release(uint64_t id);
   // Peer died: ends every hold.
   void clear();
 
   size_t open_count() const;     // entries held
+  uint64_t releases() const;     // entries let go of so far (release(), Drops, clear())
   uint64_t mapped_bytes() const; // their sizes
 
  private:
@@ -84,6 +90,7 @@ class Registry {
   mutable std::unordered_map<uint64_t, Entry> entries_;
   mutable uint64_t bytes_ = 0;
   std::optional<uint64_t> last_words_;  // under mu_
+  uint64_t releases_ = 0;               // under mu_
 };
 
 class Exporter {
@@ -101,6 +108,9 @@ class Exporter {
 
   // The buffer is being freed: tell the peer to unmap it (no-op if never shared).
   Status drop(uint64_t id);
+  // The peer closes this one itself (a buffer lent for one message, e.g. a LoadSkill's
+  // code): nothing to tell it, only to stop remembering the id.
+  void forget(uint64_t id);
   // Peer died: nothing to tell anyone.
   void forget_all();
 

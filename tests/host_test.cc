@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -271,6 +272,54 @@ TEST_P(HostTest, CompileCacheCodeTravelsInSharedMemoryNotInTheFrame) {
   EXPECT_EQ(ext.pid(), pid);
   EXPECT_EQ(memfds_of(pid), memfds_before);  // each lent buffer was closed after its load
   EXPECT_EQ(memfds_of(getpid()), host_memfds_before);
+}
+
+// Whether any process's command line holds `marker` (a sleep of ours left running).
+bool process_with_arg(const std::string& marker) {
+  std::error_code ec;
+  for (const auto& d : std::filesystem::directory_iterator("/proc", ec)) {
+    std::string cmd = slurp(d.path().string() + "/cmdline");
+    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+    if (cmd.find(marker) != std::string::npos) return true;
+  }
+  return false;
+}
+
+// A producer that hangs, with its output open or closed and then lingering, is killed at
+// compile_cache_build_timeout; the module is given up on (never tried again by this
+// host) and loads by compiling, as before. The extension binary is a script that runs
+// the real one, except for `compile`.
+TEST_P(HostTest, AHangingCompileCacheProducerIsKilledAtItsTimeout) {
+  int round = 0;
+  for (const std::string hang : {"", "exec >&-; "}) {
+    const std::string marker = fmt::format("777.0{}{}", getpid(), ++round);
+    const std::string dir = fresh_cache_dir("cchang" + std::to_string(round), GetParam());
+    const std::string script = dir + ".sh";
+    spill(script, "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = compile ] && { " + hang + "exec /bin/sleep " + marker +
+                      "; }; done\nexec " + AIRLOCK_EXTENSION_BIN + " \"$@\"\n");
+    std::filesystem::permissions(script, std::filesystem::perms(0755));
+    auto o = opts();
+    o.extension_binary = script;
+    o.compile_cache_dir = dir;
+    o.compile_cache_build_timeout = std::chrono::milliseconds(300);
+    Host h(o);
+    auto ext = spawn(h, "hangs");
+    ASSERT_TRUE(ext.load_skill("greet", skill("greet")).ok());
+    h.wait_for_compile_cache();
+    auto st = h.compile_cache_stats();
+    EXPECT_EQ(st.built, 0u) << hang;
+    EXPECT_EQ(st.build_failures, 1u) << hang;
+    EXPECT_THAT(st.last_failure, HasSubstr("over 300 ms (killed)")) << hang;
+    EXPECT_FALSE(process_with_arg(marker)) << hang;  // killed and reaped
+    EXPECT_EQ(*ext.call("greet", "Ada"), "Hello, Ada!");
+    // Given up on: the next load of that module compiles and builds nothing.
+    ASSERT_TRUE(ext.load_skill("greet2", skill("greet")).ok());
+    h.wait_for_compile_cache();
+    EXPECT_EQ(h.compile_cache_stats().build_failures, 1u) << hang;
+    EXPECT_EQ(h.compile_cache_stats().misses, 2u) << hang;
+    EXPECT_EQ(*ext.call("greet2", "Bo"), "Hello, Bo!");
+    std::filesystem::remove(script);
+  }
 }
 
 TEST_P(HostTest, CompileCacheBuildsEntriesThatLaterLoadsUseAndRebuildsBadOnes) {

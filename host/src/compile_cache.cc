@@ -26,7 +26,6 @@ namespace {
 constexpr size_t kMaxQueued = 4096;
 constexpr size_t kMaxQueuedBytes = 256u << 20;  // module bytes waiting to be built
 constexpr uint64_t kMaxEntryBytes = 256ull << 20;  // the code of a module; larger is refused
-constexpr auto kBuildTimeout = std::chrono::minutes(2);
 constexpr char kMagic[] = "AIRLOCK-CODE-1\n";  // file format; 15 bytes
 constexpr size_t kMagicLen = sizeof kMagic - 1;
 constexpr size_t kHeaderLen = kMagicLen + 64 + 8 + 32;  // magic, key (hex), code length, SHA-256 of the code
@@ -89,8 +88,13 @@ bool send_all(int fd, const char* p, size_t n) {
 
 }  // namespace
 
-CompileCache::CompileCache(std::string dir, std::string extension_binary, SandboxOptions sandbox)
-    : dir_(std::move(dir)), binary_(std::move(extension_binary)), binary_identity_(identity_of(binary_)), sandbox_(sandbox) {
+CompileCache::CompileCache(std::string dir, std::string extension_binary, SandboxOptions sandbox,
+                           std::chrono::milliseconds build_timeout)
+    : dir_(std::move(dir)),
+      binary_(std::move(extension_binary)),
+      binary_identity_(identity_of(binary_)),
+      sandbox_(sandbox),
+      build_timeout_(build_timeout) {
   // Entries are native code extensions will run: the folder is the host's alone (a
   // checksum finds damage, not a hand that writes there on purpose).
   std::error_code ec;
@@ -299,7 +303,7 @@ Status CompileCache::produce(const Job& job) {
   fcntl(out[0], F_SETFL, fcntl(out[0], F_GETFL) | O_NONBLOCK);
   std::string code;
   bool too_big = false, timed_out = false;
-  const auto deadline = std::chrono::steady_clock::now() + kBuildTimeout;
+  const auto deadline = std::chrono::steady_clock::now() + build_timeout_;
   char buf[65536];
   for (;;) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
@@ -321,6 +325,17 @@ Status CompileCache::produce(const Job& job) {
     }
   }
   close(out[0]);
+  // Its exit, by the same deadline: one that closed its output and lingers would
+  // otherwise hold this thread (and every build after it) in waitid.
+  for (pollfd pp{child->pidfd, POLLIN, 0}; !timed_out && !too_big;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      timed_out = true;
+      break;
+    }
+    const int r = poll(&pp, 1, static_cast<int>(std::min<int64_t>(left.count(), 1000)));
+    if (r > 0 || (r < 0 && errno != EINTR)) break;
+  }
   if (timed_out || too_big) signal_child(child->pidfd, SIGKILL);
   siginfo_t info{};
   const int w = waitid(static_cast<idtype_t>(3 /* P_PIDFD */), static_cast<id_t>(child->pidfd), &info, WEXITED);
@@ -330,7 +345,9 @@ Status CompileCache::produce(const Job& job) {
   }
   close(child->pidfd);
   const std::string said = stderr_text();
-  if (timed_out) return make_error(Code::Timeout, "compiling took over 2 minutes");
+  if (timed_out) {
+    return make_error(Code::Timeout, "compiling took over " + std::to_string(build_timeout_.count()) + " ms (killed)");
+  }
   if (too_big) return make_error(Code::ResourceExhausted, "the code is over 256 MiB");
   // Only a clean exit counts (no status, as when someone else reaped it, is a failure),
   // and only output whose length prefix matches: a producer that died half-way through

@@ -13,7 +13,8 @@
 // otherwise plant code that other extensions would run.
 //
 // Building runs on one background thread, one producer at a time (bounded CPU: a 32 KB
-// skill takes ~70 ms of TurboFan), queued at most kMaxQueued deep.
+// skill takes ~70 ms of TurboFan), queued at most kMaxQueued deep; a producer past
+// HostOptions::compile_cache_build_timeout is killed and its module given up on.
 #pragma once
 
 #include <condition_variable>
@@ -32,7 +33,7 @@ namespace airlock::detail {
 
 class CompileCache {
  public:
-  CompileCache(std::string dir, std::string extension_binary, SandboxOptions sandbox);
+  CompileCache(std::string dir, std::string extension_binary, SandboxOptions sandbox, std::chrono::milliseconds build_timeout);
   ~CompileCache();  // a producer still running is killed
 
   // The entry's name for these bytes loaded with this memory limit under these options.
@@ -61,6 +62,7 @@ class CompileCache {
 
   const std::string dir_, binary_, binary_identity_;
   const SandboxOptions sandbox_;
+  const std::chrono::milliseconds build_timeout_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> queue_;

@@ -44,7 +44,7 @@ HostImpl::HostImpl(HostOptions o) : opts(std::move(o)) {
                                                          "' is not a level (trace, debug, info, warn, error, critical, off)");
   }
   if (!opts.compile_cache_dir.empty() && !binary.empty()) {
-    compile_cache = std::make_unique<CompileCache>(opts.compile_cache_dir, binary, opts.sandbox);
+    compile_cache = std::make_unique<CompileCache>(opts.compile_cache_dir, binary, opts.sandbox, opts.compile_cache_build_timeout);
   }
   uv_loop_init(&loop_);
   if (!binary.empty() && opts.use_zygote) {

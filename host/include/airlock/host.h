@@ -176,6 +176,9 @@ struct HostOptions {
   // tier-up, so a skill not yet cached is TurboFan-compiled in the background once.
   // Entries are checksummed: a corrupt or foreign one is deleted and rebuilt.
   std::string compile_cache_dir;
+  // How long building one entry may take before its process is killed and the module
+  // is given up on (it keeps loading by compiling). A 32 KB skill takes ~100 ms.
+  std::chrono::milliseconds compile_cache_build_timeout{std::chrono::minutes(2)};
 };
 
 struct CompileCacheStats {

@@ -328,6 +328,33 @@ TEST_F(RuntimeFixture, LargeInputMemoryIsReturnedAfterTheCall) {
   EXPECT_LT(rss_kb(), before + 48 * 1024) << "RSS " << before << " kB -> " << rss_kb() << " kB";
 }
 
+TEST_F(RuntimeFixture, ADroppedInstancesPagesGoBackWhileOtherCallsAreInFlight) {
+  // A waiting call keeps the runtime busy, so no GC runs at the end of each call: the
+  // grown instances' memory must go back when they are dropped, not when V8 collects
+  // them (before: +32 MiB resident per call until the burst was over).
+  load("sleeper");
+  std::optional<Result<std::string>> waiting;
+  const uint64_t id = rt_->call("sleeper", "60000", {}, [&](Result<std::string> r) { waiting.emplace(std::move(r)); });
+  runtime::SkillLimits lim;
+  lim.max_memory_mb = 128;
+  load("sum", lim);
+  std::vector<uint8_t> in(32u << 20, 1);
+  auto sum_view = [&] {
+    std::optional<Result<std::string>> out;
+    rt_->call("sum", runtime::InputView{in, nullptr}, {}, [&](Result<std::string> r) { out.emplace(std::move(r)); });
+    while (!out) uv_run(&loop_, UV_RUN_ONCE);
+    return std::move(*out);
+  };
+  ASSERT_EQ(le64(*sum_view()), 32u << 20);
+  const size_t before = rss_kb();
+  for (int i = 0; i < 6; ++i) ASSERT_EQ(le64(*sum_view()), 32u << 20);
+  EXPECT_LT(rss_kb(), before + 24 * 1024) << "RSS " << before << " kB -> " << rss_kb() << " kB";
+  EXPECT_FALSE(waiting.has_value());
+  rt_->cancel(id);
+  while (!waiting) uv_run(&loop_, UV_RUN_ONCE);
+  EXPECT_EQ(waiting->error().code, Code::Cancelled);
+}
+
 // ---- suspension: waits, host services, cancellation ------------------------------------
 
 TEST_F(RuntimeFixture, ThousandConcurrentWaitsShareOneThread) {

@@ -26,8 +26,11 @@ Error skill_error(const std::string& skill, Code code, const std::string& msg, T
 }
 // malloc fails once the next chunk no longer fits, usually a little below the maximum.
 constexpr uint32_t kNearMaxPages = 32;  // 2 MiB
-constexpr size_t kReclaimBytes = 16u << 20;  // dropping a memory this large triggers a GC
-constexpr size_t kIdleReclaimBytes = 1u << 20;  // ... and this much once no call is in flight
+constexpr size_t kReclaimBytes = 16u << 20;  // an instance with this much memory is not pooled
+constexpr size_t kIdleReclaimBytes = 1u << 20;  // dropped since the last GC: one runs once no call is in flight
+// ... and one runs at any time past this many dropped instances: with guard regions each
+// holds 10 GiB of address space until collected (1,024: 10 TiB of the 128 TiB).
+constexpr uint64_t kReclaimInstances = 1024;
 }  // namespace
 
 Binding& binding_of(engine::Caller& caller) { return *static_cast<Binding*>(caller.instance().user_data); }
@@ -660,16 +663,15 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
       c.inst.drop();
     }
   }
-  // Large memories were dropped (a grown instance, a trap, a timeout, an eviction):
-  // without a GC they stay resident until V8 gets round to it. Past 16 MiB at any time;
-  // and past 1 MiB when this was the last call in flight, so that what a burst leaves
-  // goes back once it is over (150 calls growing 1 MiB each: +17 MB RSS stayed, ~1 MiB
-  // now).
+  // Dropped instances (grown, trapped, timed out, evicted, past the pool) gave their
+  // pages back at once (PooledInstance::discard_memory); their V8 objects and address
+  // space wait for a GC. One runs past kReclaimInstances of them, and once a burst is
+  // over: after the last call in flight has its answer, not before it (a full GC of
+  // 1,000 instances is milliseconds). (150 calls growing 1 MiB each: +17 MB RSS stayed
+  // without it.)
   const bool idle = calls_.size() == 1;  // this call, removed below
-  if (usage_->unreclaimed_bytes >= kReclaimBytes || (idle && usage_->unreclaimed_bytes >= kIdleReclaimBytes)) {
-    usage_->unreclaimed_bytes = 0;
-    engine_->reclaim();
-  }
+  const bool collect = usage_->uncollected_instances >= kReclaimInstances ||
+                       (idle && usage_->unreclaimed_bytes >= kIdleReclaimBytes);
   // If this call held the last reference to a shared input another instance keeps
   // mapped (a call on the same buffer finished while this one was parked, and the host
   // dropped the buffer meanwhile), that window goes now, not at the next side-channel
@@ -679,8 +681,15 @@ void SkillRuntime::finish(Call& c, Result<std::string> r) {
     release_orphaned_inputs();
   }
   CallDone done = std::move(c.done);
-  auto keep_alive = calls_.extract(c.id);  // c is destroyed at the end of this scope
-  done(std::move(r));
+  {
+    auto keep_alive = calls_.extract(c.id);  // c is destroyed at the end of this scope
+    done(std::move(r));
+  }
+  if (collect) {
+    usage_->unreclaimed_bytes = 0;
+    usage_->uncollected_instances = 0;
+    engine_->reclaim();
+  }
 }
 
 int32_t SkillRuntime::open_output_buffer(Call& c, uint32_t len) {

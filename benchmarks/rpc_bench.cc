@@ -44,6 +44,7 @@ struct Config {
   int warmup = 5, iterations = 1000;
   milliseconds timeout{30'000};
   bool zygote = true;
+  int spin_us = -1;  // HostOptions::spin; -1: the library's default
   std::string skills_dir = AIRLOCK_BENCH_SKILL_DIR, extension_binary;
 };
 
@@ -459,6 +460,7 @@ struct Contexts {
     ho.auto_share_min_bytes = 0;  // the *_inline tests measure the channel itself
     ho.default_limits = {kSkillMemoryMb, static_cast<uint32_t>(cfg.timeout.count())};
     ho.default_call_timeout = cfg.timeout;
+    if (cfg.spin_us >= 0) ho.spin = std::chrono::microseconds(cfg.spin_us);
     r->host = std::make_unique<Host>(ho);
     Host& h = *r->host;
     const std::string b_name = "bench-B";  // one host per transport at a time
@@ -508,6 +510,7 @@ Prepared prepare_unsandboxed(Contexts& cx, const std::string& transport) {
     ho.log_level = "warn";
     ho.use_zygote = cx.cfg.zygote;
     ho.sandbox.enabled = false;
+    if (cx.cfg.spin_us >= 0) ho.spin = std::chrono::microseconds(cx.cfg.spin_us);
     ho.default_limits = {kSkillMemoryMb, static_cast<uint32_t>(cx.cfg.timeout.count())};
     ho.default_call_timeout = cx.cfg.timeout;
     r.open_host = std::make_unique<Host>(ho);
@@ -900,6 +903,8 @@ int main(int argc, char** argv) {
   app.add_flag("--no-zygote", no_zygote, "Start extensions with exec instead of forking them from a zygote");
   app.add_option("--skills-dir", cfg.skills_dir, "Folder with the sample skills (.wasm)")->capture_default_str();
   app.add_option("--extension", cfg.extension_binary, "airlock-extension binary (default: the host library's choice)");
+  app.add_option("--spin-us", cfg.spin_us, "HostOptions::spin in µs (0, the default: loops sleep at once)")
+      ->check(CLI::Range(0, 10'000));
   CLI11_PARSE(app, argc, argv);
   cfg.zygote = !no_zygote;
   if (quick) cfg.warmup = 2, cfg.iterations = 100;

@@ -32,11 +32,19 @@ bool wait_until(Pred done, std::chrono::milliseconds within) {
   return true;
 }
 
-class ChainTest : public ::testing::TestWithParam<Transport> {
+// Every chain test runs on both transports, and on msgpack once more with spinning loops
+// (HostOptions::spin): the same answers, errors, deadlines and cancellations.
+struct ChainSetup {
+  Transport transport;
+  std::chrono::microseconds spin{0};
+};
+
+class ChainTest : public ::testing::TestWithParam<ChainSetup> {
  protected:
   void SetUp() override {
     HostOptions o;
-    o.transport = GetParam();
+    o.transport = GetParam().transport;
+    o.spin = GetParam().spin;
     o.extension_binary = AIRLOCK_EXTENSION_BIN;
     o.log_level = "warn";
     host_ = std::make_unique<Host>(o);
@@ -283,7 +291,11 @@ TEST_P(ChainTest, ALateServiceDoesNotBlockOtherCalls) {
   EXPECT_EQ(*f.get(), "answered later");
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, ChainTest, ::testing::Values(Transport::Msgpack, Transport::Grpc),
-                         [](const auto& i) { return std::string(to_string(i.param)); });
+INSTANTIATE_TEST_SUITE_P(Transports, ChainTest,
+                         ::testing::Values(ChainSetup{Transport::Msgpack}, ChainSetup{Transport::Grpc},
+                                           ChainSetup{Transport::Msgpack, std::chrono::microseconds(50)}),
+                         [](const auto& i) {
+                           return std::string(to_string(i.param.transport)) + (i.param.spin.count() ? "_spinning" : "");
+                         });
 
 }  // namespace

@@ -453,6 +453,36 @@ TEST_P(MsgpackChannelTest, MalformedFrameIsInvalidArgument) {
   }
 }
 
+// spin_us: after a frame is sent or handled the loop keeps polling (one more active
+// handle: an idle, so libuv polls without sleeping), and the spinner stops on its own
+// once the window has passed; frames still cross both ways. Without it, nothing spins.
+TEST_P(MsgpackChannelTest, ASpinningLoopPollsAfterAFrameThenSleepsAgain) {
+  for (const uint32_t spin_us : {0u, 2000u}) {
+    SCOPED_TRACE("spin_us " + std::to_string(spin_us));
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    host_.ch = make_channel(GetParam(), Role::Host, &loop_, sv[0], kDefaultMaxFrameBytes, kDefaultMaxQueuedBytes, spin_us);
+    ext_.ch = make_channel(GetParam(), Role::Extension, &loop_, sv[1], kDefaultMaxFrameBytes, kDefaultMaxQueuedBytes, spin_us);
+    host_.frames.clear();
+    ext_.frames.clear();
+    start(host_);
+    start(ext_);
+    const unsigned before = loop_.active_handles;
+    ASSERT_TRUE(host_.ch->send(Cancel{7}).ok());
+    EXPECT_EQ(loop_.active_handles, before + (spin_us ? 1 : 0));  // the host's loop spins
+    ASSERT_TRUE(run_until([&] { return ext_.frames.size() == 1; }));
+    ASSERT_TRUE(ext_.ch->send(Cancel{8}).ok());
+    ASSERT_TRUE(run_until([&] { return host_.frames.size() == 1; }));
+    EXPECT_EQ(std::get<Cancel>(host_.frames[0]).id, 8u);
+    // Back to sleep: both spinners stop by themselves (the loop polls meanwhile).
+    const auto deadline = Clock::now() + 5s;
+    while (loop_.active_handles != before && Clock::now() < deadline) uv_run(&loop_, UV_RUN_NOWAIT);
+    EXPECT_EQ(loop_.active_handles, before);
+    host_.ch.reset();
+    ext_.ch.reset();
+  }
+}
+
 // A waiting caller reading its own answers (DirectReader::lead): it takes what `take`
 // accepts while nothing waits for the loop; from the first frame it does not take, that
 // frame and all after it go to the loop, in the order they came. The loop does not run

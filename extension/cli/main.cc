@@ -152,6 +152,8 @@ int run_cli(int argc, char** argv) {
   srv->add_option("--timeout-ms", so.default_timeout_ms, "Default time limit per call")->capture_default_str();
   srv->add_option("--max-total-memory-mb", so.max_total_memory_mb,
                   "Linear memory of all skill instances together")->capture_default_str();
+  srv->add_option("--spin-us", so.spin_us, "After a frame, poll this long before sleeping (0: sleep at once)")
+      ->capture_default_str()->check(CLI::Range(0, 10'000));
   std::string sandbox_mode = "on", sandbox_user;
   srv->add_option("--sandbox", sandbox_mode, "on: namespaces, an empty root, no capabilities, seccomp; off: none")
       ->capture_default_str()->check(CLI::IsMember({"on", "off"}));

@@ -75,7 +75,8 @@ class Server {
                   limits.max_instances);
     runtime_ = std::make_unique<runtime::SkillRuntime>(&loop_, ec, limits);
     if (o.side_fd >= 0) runtime_->set_output_source(&out_slots_);
-    channel_ = proto::make_channel(o.encoding, proto::Role::Extension, &loop_, o.fd, o.max_frame_bytes);
+    channel_ = proto::make_channel(o.encoding, proto::Role::Extension, &loop_, o.fd, o.max_frame_bytes,
+                                   proto::kDefaultMaxQueuedBytes, o.spin_us);
     if (o.side_fd >= 0) {
       side_ = shm::FdChannel(shm::UniqueFd(o.side_fd));
       side_poll_ = std::make_unique<uv_poll_t>();

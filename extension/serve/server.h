@@ -22,6 +22,7 @@ struct ServeOptions {
   uint32_t default_timeout_ms = 10'000;
   uint32_t shm_output_min_bytes = 64 * 1024;  // larger outputs go back in shared memory
   uint32_t max_total_memory_mb = 2048;  // linear memory of all instances together (RuntimeLimits)
+  uint32_t spin_us = 0;                 // proto::make_channel: poll this long after a frame before sleeping
   sandbox::Policy sandbox;
   bool lazy_compilation = false;  // engine::EngineConfig
   bool tier_up = true;

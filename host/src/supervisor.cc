@@ -46,6 +46,7 @@ void HostImpl::start_process(const std::shared_ptr<ExtensionState>& e) {
                                    "--max-memory-mb", std::to_string(lim.max_memory_mb),
                                    "--timeout-ms", std::to_string(lim.timeout_ms),
                                    "--max-total-memory-mb", std::to_string(e->opts.max_memory_mb),
+                                   "--spin-us", std::to_string(opts.spin.count()),
                                    "--sandbox", opts.sandbox.enabled ? "on" : "off"};
   if (opts.sandbox.uid >= 0 && opts.sandbox.gid >= 0) {
     argv.insert(argv.end(), {"--sandbox-user", std::to_string(opts.sandbox.uid) + ":" + std::to_string(opts.sandbox.gid)});
@@ -108,7 +109,8 @@ void HostImpl::attach_process(const std::shared_ptr<ExtensionState>& e, ChildPro
   e->health_outstanding = false;
   e->queued_bytes = 0;
   e->channel = proto::make_channel(encoding_of(opts.transport), proto::Role::Host, &loop_, child.host_fd,
-                                   opts.max_frame_bytes, opts.limits.max_queued_bytes);
+                                   opts.max_frame_bytes, opts.limits.max_queued_bytes,
+                                   static_cast<uint32_t>(opts.spin.count()));
   std::weak_ptr<ExtensionState> weak = e;
   e->channel->start({[this, weak](proto::Frame&& f) {
                        auto s = weak.lock();

@@ -38,6 +38,7 @@ struct ChainSetup {
   Transport transport;
   std::chrono::microseconds spin{0};
 };
+void PrintTo(const ChainSetup& c, std::ostream* os) { *os << to_string(c.transport) << ", spin " << c.spin.count() << " us"; }
 
 class ChainTest : public ::testing::TestWithParam<ChainSetup> {
  protected:

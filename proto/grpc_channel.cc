@@ -73,9 +73,10 @@ class GrpcChannel;
 // the CQ thread starts writes too). close() detaches it first, waiting for a send in
 // progress, so it never reaches a channel that is gone.
 struct GrpcDirect final : DirectSender {
-  std::mutex mu;
+  mutable std::mutex mu;
   GrpcChannel* ch = nullptr;  // [mu]
   bool try_send(const Frame& f) override;
+  size_t queued_bytes() const override;
 };
 
 // The loop-side handles. On the heap and freed by the last close callback: libuv needs them
@@ -546,6 +547,11 @@ class GrpcChannel final : public Channel {
 bool GrpcDirect::try_send(const Frame& f) {
   std::lock_guard l(mu);
   return ch && ch->send(f).ok();
+}
+
+size_t GrpcDirect::queued_bytes() const {
+  std::lock_guard l(mu);
+  return ch ? ch->queued_bytes() : 0;
 }
 
 }  // namespace

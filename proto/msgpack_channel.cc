@@ -68,6 +68,7 @@ struct WriteSide final : DirectSender {
   size_t off = 0;             // [mu]
   uv_async_t* wake = nullptr;  // [mu] asks the loop to watch for writability; null once closed
   std::atomic<size_t> waiting{0};  // queued.size() - off, readable anywhere
+  size_t queued_bytes() const override { return waiting.load(); }
   const uint32_t max_frame;
   const size_t max_queued;
 

@@ -465,7 +465,15 @@ CallId Extension::start_call(std::string_view skill, const Payload& input, const
     // The buffer stays leased (not reused, not dropped) until the call has answered.
     done = [done = std::move(done), keep = input.buffer()](CallResult r) { done(std::move(r)); };
   } else {
-    const size_t waiting = s_->posted_bytes.load() + s_->queued_bytes.load();
+    // What the loop last saw waiting may be stale: an answer its caller read itself (a
+    // leader) does not pass the loop, which refreshes the figure on every frame. Then the
+    // channel says what waits now (a 50 MB call after a 50 MB call was refused so).
+    size_t queued = s_->queued_bytes.load();
+    if (queued > 0) {
+      std::lock_guard lk(s_->direct_mu);
+      if (s_->direct) queued = s_->direct->queued_bytes();
+    }
+    const size_t waiting = s_->posted_bytes.load() + queued;
     const size_t limit = host->opts.limits.max_queued_bytes;
     if (waiting > 0 && waiting + input.bytes().size() > limit) {
       auto err = make_error(Code::ResourceExhausted, s_->label() + ": " + std::to_string(waiting) +

@@ -50,6 +50,8 @@ class DirectSender {
   // to finish. False: nothing of it was written (the channel is closed, the frame is too
   // large, or the queue is full): send it through the loop, which reports why.
   virtual bool try_send(const Frame& frame) = 0;
+  // Bytes written to the channel and not yet to the socket, now (any thread).
+  virtual size_t queued_bytes() const = 0;
 };
 
 // Lets a thread that waits for an answer read the socket itself while it waits

@@ -316,12 +316,7 @@ TEST_F(RuntimeFixture, LargeInputMemoryIsReturnedAfterTheCall) {
   // The input is passed as a view, not copied per call: what is measured is the skill's
   // memory alone (and freed copies would sit in ASan's quarantine in that build).
   std::vector<uint8_t> in(32u << 20, 1);
-  auto sum_view = [&] {
-    std::optional<Result<std::string>> out;
-    rt_->call("sum", runtime::InputView{in, nullptr}, {}, [&](Result<std::string> r) { out.emplace(std::move(r)); });
-    while (!out) uv_run(&loop_, UV_RUN_ONCE);
-    return std::move(*out);
-  };
+  auto sum_view = [&] { return call_view("sum", in); };
   ASSERT_TRUE(sum_view().ok());
   size_t before = rss_kb();
   for (int i = 0; i < 10; ++i) ASSERT_EQ(le64(*sum_view()), 32u << 20);
@@ -339,12 +334,7 @@ TEST_F(RuntimeFixture, ADroppedInstancesPagesGoBackWhileOtherCallsAreInFlight) {
   lim.max_memory_mb = 128;
   load("sum", lim);
   std::vector<uint8_t> in(32u << 20, 1);
-  auto sum_view = [&] {
-    std::optional<Result<std::string>> out;
-    rt_->call("sum", runtime::InputView{in, nullptr}, {}, [&](Result<std::string> r) { out.emplace(std::move(r)); });
-    while (!out) uv_run(&loop_, UV_RUN_ONCE);
-    return std::move(*out);
-  };
+  auto sum_view = [&] { return call_view("sum", in); };
   ASSERT_EQ(le64(*sum_view()), 32u << 20);
   const size_t before = rss_kb();
   for (int i = 0; i < 6; ++i) ASSERT_EQ(le64(*sum_view()), 32u << 20);

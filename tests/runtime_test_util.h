@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iterator>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "runtime/skill_runtime.h"
@@ -45,6 +46,13 @@ class RuntimeFixture : public ::testing::Test {
   Result<std::string> call(const std::string& skill, std::string input, runtime::CallOptions opts = {}) {
     std::optional<Result<std::string>> out;
     rt_->call(skill, std::move(input), opts, [&](Result<std::string> r) { out.emplace(std::move(r)); });
+    while (!out) uv_run(&loop_, UV_RUN_ONCE);
+    return std::move(*out);
+  }
+  // The input passed as a view, not copied per call (what a shared buffer gives a call).
+  Result<std::string> call_view(const std::string& skill, std::span<const uint8_t> input) {
+    std::optional<Result<std::string>> out;
+    rt_->call(skill, runtime::InputView{input, nullptr}, {}, [&](Result<std::string> r) { out.emplace(std::move(r)); });
     while (!out) uv_run(&loop_, UV_RUN_ONCE);
     return std::move(*out);
   }

@@ -129,6 +129,10 @@ int main(int argc, char** argv) {
   app.add_option("--guard-regions", guards, "Extensions' GuardRegions: auto, on, or off (off raises the instance cap "
                                             "from 8,192 to 16,384 waiting calls)")
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
+  int rounds = 1;
+  app.add_option("--rounds", rounds, "Bursts per transport, one after another on the same extension (the first is "
+                                      "cold: every waiting call instantiates; later ones find the spares it left)")
+      ->capture_default_str()->check(CLI::Range(1, 100));
   bool check = false;
   app.add_flag("--check", check, "Exit 1 if a printed target is missed (or a call failed)");
   CLI11_PARSE(app, argc, argv);
@@ -141,7 +145,7 @@ int main(int argc, char** argv) {
 
   nlohmann::json rows = nlohmann::json::array();
   int failed_calls = 0;
-  std::printf("%-8s %6s %8s | %9s %9s %9s | %9s %9s %9s | %9s %9s %9s %5s\n", "transport", "calls", "wait ms",
+  std::printf("%-10s %6s %8s | %9s %9s %9s | %9s %9s %9s | %9s %9s %9s %5s\n", "transport", "calls", "wait ms",
               "total ms", "median ms", "p99 ms", "host RSS", "ext RSS", "ext PSS", "ext RSS0", "ext after",
               "after 1s", "ok");
   for (const auto& t : transports) {
@@ -162,6 +166,8 @@ int main(int argc, char** argv) {
     const std::string ep0 = "/proc/" + std::to_string(ext->pid());
     (void)ext->call("greet", "W,0,0");  // the first instance exists before the baseline
     const double ext_rss0 = field_mb(ep0 + "/status", "VmRSS:");
+    for (int round = 1; round <= rounds; ++round) {
+    const std::string label = rounds > 1 ? t + " #" + std::to_string(round) : t;
     std::vector<double> lat(static_cast<size_t>(n));
     std::atomic<int> ok{0}, left{n};
     std::mutex err_mu;
@@ -191,23 +197,24 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::seconds(1));
     const double ext_idle = field_mb(ep + "/status", "VmRSS:");
     auto s = summarize(lat);
-    std::printf("%-8s %6d %8d | %9.1f %9.1f %9.1f | %8.1fM %8.1fM %8.1fM | %8.1fM %8.1fM %8.1fM %5d\n", t.c_str(), n,
+    std::printf("%-10s %6d %8d | %9.1f %9.1f %9.1f | %8.1fM %8.1fM %8.1fM | %8.1fM %8.1fM %8.1fM %5d\n", label.c_str(), n,
                 wait_ms, total, s.median, s.p99, host_rss, ext_rss, ext_pss, ext_rss0, ext_after, ext_idle, ok.load());
     if (auto want = target_ms(t, n, wait_ms)) {
       const bool met = total <= *want && ok.load() == n;
       missed = missed || !met;
       char line[256];
-      std::snprintf(line, sizeof line, "  %-8s %d x %d ms total %.1f ms (floor %.1f ms: %.2fx)   target <= %.0f ms  %s", t.c_str(), n,
+      std::snprintf(line, sizeof line, "  %-10s %d x %d ms total %.1f ms (floor %.1f ms: %.2fx)   target <= %.0f ms  %s", label.c_str(), n,
                     wait_ms, total, floor_ms, floor_ms > 0 ? total / floor_ms : 0.0, *want, met ? "met" : "NOT MET");
       target_lines.push_back(line);
     }
-    rows.push_back({{"transport", t}, {"calls", n}, {"wait_ms", wait_ms}, {"kb", kb}, {"total_ms", total},
+    rows.push_back({{"transport", t}, {"round", round}, {"calls", n}, {"wait_ms", wait_ms}, {"kb", kb}, {"total_ms", total},
                     {"floor_ms", floor_ms},
                     {"median_ms", s.median}, {"p99_ms", s.p99}, {"host_rss_mb", host_rss},
                     {"ext_rss_mb", ext_rss}, {"ext_pss_mb", ext_pss}, {"ext_rss_before_mb", ext_rss0},
                     {"ext_rss_after_mb", ext_after}, {"ext_rss_after_idle_mb", ext_idle}, {"ok", ok.load()}});
     failed_calls += n - ok.load();
-    if (!first_error.empty()) std::fprintf(stderr, "[%s] first error: %s\n", t.c_str(), first_error.c_str());
+    if (!first_error.empty()) std::fprintf(stderr, "[%s] first error: %s\n", label.c_str(), first_error.c_str());
+    }  // rounds
   }
   if (!target_lines.empty()) {
     std::printf("\nTargets (this run):\n");

@@ -345,6 +345,28 @@ TEST_F(RuntimeFixture, ADroppedInstancesPagesGoBackWhileOtherCallsAreInFlight) {
   EXPECT_EQ(waiting->error().code, Code::Cancelled);
 }
 
+TEST_F(RuntimeFixture, ABurstLeavesSparesThatTheNextBurstTakesInsteadOfInstantiating) {
+  // 100 waiting calls need 100 instances; past the 16 kept warm, the rest stay as spares
+  // (memory given back), and a second burst of 100 instantiates none. (A spare comes back
+  // through the trimmed path: TrimmedIdleInstancesComeBackFresh.)
+  load("sleeper");
+  auto burst = [&] {
+    int ok = 0;
+    for (int i = 0; i < 100; ++i) {
+      rt_->call("sleeper", "5", {}, [&](Result<std::string> r) { ok += r.ok() && *r == "slept 5"; });
+    }
+    while (rt_->stats().in_flight > 0) uv_run(&loop_, UV_RUN_ONCE);
+    return ok;
+  };
+  ASSERT_EQ(burst(), 100);
+  const auto after_first = rt_->stats();
+  EXPECT_GE(after_first.instantiations, 100u);
+  EXPECT_EQ(after_first.instances, 100u);  // 16 warm + 84 spares, none running
+  ASSERT_EQ(burst(), 100);
+  EXPECT_EQ(rt_->stats().instantiations, after_first.instantiations);
+  EXPECT_EQ(rt_->stats().instances, 100u);
+}
+
 // ---- suspension: waits, host services, cancellation ------------------------------------
 
 TEST_F(RuntimeFixture, ThousandConcurrentWaitsShareOneThread) {

@@ -4,6 +4,8 @@
 
 #include <sys/mman.h>
 
+#include <deque>
+
 #include <chrono>
 #include <cstring>
 #include <optional>
@@ -159,6 +161,9 @@ struct SkillRuntime::Skill {
   bool asyncified = false;
   bool has_initialize = false;
   std::vector<PooledInstance> pool;
+  // Reset-mode instances a burst left past the pool: memory given back, restored onto
+  // zero when taken (SkillRuntime::finish). Oldest first.
+  std::deque<PooledInstance> spares;
   std::shared_ptr<const MemorySnapshot> snapshot;  // taken from the first instance
   // A variant of the module (as loaded, limits applied: module->wire_bytes()) with room
   // for a mapped input of `window_module_pages` pages (compiled on the first such call,

@@ -60,16 +60,22 @@ void SkillRuntime::disarm_watchdog() {
   if (watchdog_->disarm()) engine_->cancel_termination();
 }
 
-bool SkillRuntime::within_memory_limit() {
-  if (usage_->memory_bytes <= limits_.max_memory_bytes) return true;
-  // Idle pooled instances go first: they are only a cache.
+// Idle instances are only a cache: the spares go first (the longest idle first), then the
+// warm ones, until `enough()`.
+void SkillRuntime::evict_idle(const std::function<bool()>& enough) {
   for (auto& [n, s] : skills_) {
-    while (!s->spares.empty() && usage_->memory_bytes > limits_.max_memory_bytes) s->spares.pop_front();
-    while (!s->pool.empty() && usage_->memory_bytes > limits_.max_memory_bytes) s->pool.pop_back();
-    while (!s->window_pool.empty() && usage_->memory_bytes > limits_.max_memory_bytes) s->window_pool.pop_back();
+    while (!s->spares.empty() && !enough()) s->spares.pop_front();
   }
-  if (usage_->memory_bytes > limits_.max_memory_bytes) return false;
-  return true;
+  for (auto& [n, s] : skills_) {
+    while (!s->pool.empty() && !enough()) s->pool.pop_back();
+    while (!s->window_pool.empty() && !enough()) s->window_pool.pop_back();
+  }
+}
+
+bool SkillRuntime::within_memory_limit() {
+  const auto within = [this] { return usage_->memory_bytes <= limits_.max_memory_bytes; };
+  if (!within()) evict_idle(within);
+  return within();
 }
 
 Error SkillRuntime::over_memory(const std::string& skill) const {
@@ -289,16 +295,10 @@ size_t SkillRuntime::trim_idle(std::chrono::steady_clock::duration idle_for) {
 // Instantiates `module` (the skill's, or its variant with room for an input window),
 // checks the ABI version and runs _initialize, all under the watchdog.
 Result<PooledInstance> SkillRuntime::new_instance(Skill& s, engine::Module& module) {
-  // Pooled instances are a cache: they make room for a call's before it is refused.
-  for (auto it = skills_.begin(); it != skills_.end() && usage_->instances >= limits_.max_instances; ++it) {
-    auto& spares = it->second->spares;
-    while (!spares.empty() && usage_->instances >= limits_.max_instances) spares.pop_front();
-  }
-  for (auto it = skills_.begin(); it != skills_.end() && usage_->instances >= limits_.max_instances; ++it) {
-    auto& pool = it->second->pool;
-    while (!pool.empty() && usage_->instances >= limits_.max_instances) pool.pop_back();
-  }
-  if (usage_->instances >= limits_.max_instances) {
+  // Idle instances make room for a call's before it is refused.
+  const auto room = [this] { return usage_->instances < limits_.max_instances; };
+  if (!room()) evict_idle(room);
+  if (!room()) {
     return skill_error(s.name, Code::ResourceExhausted,
                        std::to_string(usage_->instances) + " live instances already (the extension's limit)");
   }

@@ -185,6 +185,7 @@ class SkillRuntime {
   // its creation to its destruction (call_state.h: MemoryShare). True if the total is
   // within the limit, after evicting idle pooled instances if it was not.
   bool within_memory_limit();
+  void evict_idle(const std::function<bool()>& enough);
   Error over_memory(const std::string& skill) const;
   uint64_t start_call(std::string_view skill, std::string input, InputView view, const CallOptions& opts, CallDone done);
 

@@ -21,7 +21,7 @@ void send_response(Channel& channel, const Response& response) {
 std::unique_ptr<Channel> make_channel(Encoding enc, Role role, uv_loop_t* loop, int fd, uint32_t max_frame,
                                       size_t max_queued, uint32_t spin_us) {
   if (enc == Encoding::Grpc) return make_grpc_channel(role, loop, fd, max_frame, max_queued);
-  return make_msgpack_channel(loop, fd, max_frame, max_queued, spin_us, role);
+  return make_msgpack_channel(loop, fd, max_frame, max_queued, spin_us);
 }
 
 Error queue_full_error(size_t queued, size_t max_queued) {

@@ -571,8 +571,7 @@ class MsgpackChannel final : public Channel {
 }  // namespace
 
 std::unique_ptr<Channel> make_msgpack_channel(uv_loop_t* loop, int fd, uint32_t max_frame, size_t max_queued,
-                                              uint32_t spin_us, Role role) {
-  (void)role;  // both ends spin alike (a role-dependent rule measured worse)
+                                              uint32_t spin_us) {
   return std::make_unique<MsgpackChannel>(loop, fd, max_frame, max_queued, spin_us);
 }
 

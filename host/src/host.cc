@@ -343,6 +343,9 @@ Status Extension::load(const std::string& skill, std::shared_ptr<const void> kee
   detail::LoadedSkill ls{std::move(keep), wasm, std::move(path),
                          limits ? *limits : (s_->opts.limits ? *s_->opts.limits : s_->host->opts.default_limits), {}};
   auto s = s_;
+  if (s->host->on_loop_thread()) {
+    return make_error(Code::InvalidArgument, "blocking Extension methods must not be called from a call callback");
+  }
   // The compile cache, on this (the caller's) thread: it reads a file.
   auto* cache = s->compile_cache;
   const EngineOptions& engine = s->engine;
@@ -355,10 +358,7 @@ Status Extension::load(const std::string& skill, std::shared_ptr<const void> kee
     code = cache->lookup(cache_key);
     // Waits for room on the side channel as long as the load itself may take: the
     // extension reads its announcements as it reaches the loads queued before this one.
-    if (code && !s->host->on_loop_thread()) code_ref = s->lend_code(*code, 60s);
-  }
-  if (s->host->on_loop_thread()) {
-    return make_error(Code::InvalidArgument, "blocking Extension methods must not be called from a call callback");
+    if (code) code_ref = s->lend_code(*code, 60s);
   }
   auto r = control(s_, [s, skill, ls, code_ref](uint64_t id) {
     proto::LoadSkill l;

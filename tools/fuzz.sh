@@ -8,13 +8,13 @@
 #   tools/fuzz.sh [--seconds N] [--parallel J] [TARGET...]
 #     --seconds N    fuzzing time per target (default 60)
 #     --parallel J   targets fuzzed at once (default 2, the number of cores here)
-#   targets: fuzz_msgpack_frames fuzz_proto_frames fuzz_side_channel fuzz_wasm_parser
+#   targets: fuzz_msgpack_frames fuzz_proto_frames fuzz_ring fuzz_side_channel fuzz_wasm_parser
 #            fuzz_zygote_wire
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="$ROOT/build-fuzz"
-ALL_TARGETS=(fuzz_msgpack_frames fuzz_proto_frames fuzz_side_channel fuzz_wasm_parser fuzz_zygote_wire)
+ALL_TARGETS=(fuzz_msgpack_frames fuzz_proto_frames fuzz_ring fuzz_side_channel fuzz_wasm_parser fuzz_zygote_wire)
 SECONDS_PER_TARGET=60
 PARALLEL=2
 TARGETS=()

@@ -149,6 +149,24 @@ void side_channel_seeds(const fs::path& dir) {
   write(dir, "announce_two_fds", "\x02" + side_message(1, 43, 1u << 20));
 }
 
+// fuzz_ring: operations of one byte plus an 8-byte little-endian argument each.
+std::string ring_op(uint8_t op, uint64_t arg) {
+  std::string s(1, static_cast<char>(op));
+  for (int i = 0; i < 8; i++) s.push_back(static_cast<char>(arg >> (8 * i)));
+  return s;
+}
+
+void ring_seeds(const fs::path& dir) {
+  // An honest peer: publishes 100 bytes, we read 60 then the rest; we write, it frees.
+  write(dir, "honest", ring_op(1, 0x41) + ring_op(0, 100) + ring_op(2, 60) + ring_op(2, 100) + ring_op(4, 5000) +
+                           ring_op(3, 4096) + ring_op(4, 300) + ring_op(5, 0));
+  // Wrapping: the head runs past the capacity in steps the reader follows.
+  write(dir, "wrap", ring_op(0, 4000) + ring_op(2, 4000) + ring_op(0, 8000) + ring_op(2, 8192) + ring_op(5, 0));
+  // Lies: a head beyond the capacity, a tail ahead of our head.
+  write(dir, "bad_head", ring_op(0, 4097) + ring_op(2, 10) + ring_op(5, 0));
+  write(dir, "bad_tail", ring_op(4, 10) + ring_op(3, 11) + ring_op(4, 1) + ring_op(5, 0));
+}
+
 void zygote_seeds(const fs::path& dir) {
   namespace zw = airlock::proto::zygote;
   write(dir, "hello", zw::encode_hello());
@@ -257,6 +275,7 @@ int main(int argc, char** argv) {
   msgpack_seeds(dir / "fuzz_msgpack_frames");
   proto_seeds(dir / "fuzz_proto_frames");
   side_channel_seeds(dir / "fuzz_side_channel");
+  ring_seeds(dir / "fuzz_ring");
   zygote_seeds(dir / "fuzz_zygote_wire");
   for (const auto& [n, module] : wasm_modules()) write(dir / "fuzz_wasm_parser", n, module);
   return 0;

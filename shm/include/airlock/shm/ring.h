@@ -1,0 +1,133 @@
+// Byte rings in shared memory: one writer, one reader, each in its own process (SPSC),
+// with futex doorbells rung only when the other side has said it sleeps. The link that
+// issue 12 asked to be built and measured against the socket (docs/ARCHITECTURE.md,
+// "A shared-memory ring, measured"); rpc_bench's raw_ring* baselines time it.
+//
+// The memory is written by a peer that may be hostile, so nothing read from it is
+// trusted:
+//  * Each side keeps its own index privately and only *publishes* it (the writer its
+//    head, the reader its tail); it never reads its own index back from the memory.
+//  * The other side's index is loaded once per operation and checked: a head more than
+//    `capacity` ahead of the reader's tail, or behind it, is malformed, and so is a tail
+//    ahead of the writer's head or more than `capacity` behind it. A malformed index
+//    fails that end for good (Unavailable, "malformed ring: ..."): the owner drops the
+//    peer, as it does for a malformed frame.
+//  * Bytes are copied out once into the caller's memory, then decoded there (no double
+//    fetch); positions are masked, so no index can point outside the data area.
+//  * Waiting always has a deadline; a peer that scribbles on the sleep words costs at
+//    most spurious wake-ups until then.
+//  * The memfd is sealed against shrinking and growing before the peer sees it, so the
+//    peer cannot truncate it under us (a SIGBUS on the next access).
+//
+// Layout of one ring (offsets in bytes; each word on its own cache line, so the two
+// sides do not false-share): head at 0, tail at 64, reader_sleeps at 128, writer_waits
+// at 192, data at 256 (capacity bytes, a power of two). A RingPair holds two rings, one
+// per direction: ring 0 carries the creator's bytes to the peer, ring 1 the peer's back.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "airlock/shm/unique_fd.h"
+#include "airlock/status.h"
+
+namespace airlock::shm {
+
+inline constexpr size_t kRingHeaderBytes = 256;
+inline constexpr uint32_t kRingMinCapacity = 4096;
+inline constexpr uint32_t kRingMaxCapacity = 64u << 20;
+
+// The bytes one ring occupies: header plus data.
+constexpr size_t ring_bytes(uint32_t capacity) { return kRingHeaderBytes + capacity; }
+
+// The writing end of one ring, over memory laid out as above (`region` must hold
+// ring_bytes(capacity) bytes and outlive this object).
+class RingWriter {
+ public:
+  RingWriter() = default;
+  RingWriter(std::byte* region, uint32_t capacity);
+
+  // Copies as much of `bytes` as fits and publishes it; returns how many (0: full). A
+  // stream, like a socket: a caller with more to send waits for room (wait_for_room).
+  Result<size_t> write(std::span<const std::byte> bytes);
+  // Whether the reader said it sleeps; clears the word so that one wake-up serves a
+  // burst of writes. Call after a write that published bytes; ring() if true.
+  bool take_sleeper();
+  // The futex doorbell (FUTEX_WAKE on the reader's word: shared, so not PRIVATE).
+  void ring();
+  // write() + take_sleeper() + ring() when needed.
+  Result<size_t> write_and_ring(std::span<const std::byte> bytes);
+  // Waits until the reader has freed room, spinning `spin` first, then sleeping on the
+  // futex; false when `until` passed first.
+  Result<bool> wait_for_room(std::chrono::steady_clock::time_point until, std::chrono::nanoseconds spin = {});
+  // Bytes free as of the last look at the reader's tail (refreshes it).
+  Result<size_t> room();
+
+ private:
+  Result<uint64_t> load_tail();
+  std::byte* base_ = nullptr;
+  uint32_t cap_ = 0;
+  uint64_t head_ = 0;  // private; published to the memory after each write
+  bool failed_ = false;
+};
+
+// The reading end of one ring.
+class RingReader {
+ public:
+  RingReader() = default;
+  RingReader(std::byte* region, uint32_t capacity);
+
+  // Copies up to out.size() published bytes into `out` and frees their room; returns
+  // how many (0: empty). Fails for good once the writer published an impossible head.
+  Result<size_t> read(std::span<std::byte> out);
+  // Whether bytes wait (one load of the writer's head; a malformed one counts as
+  // "something to read", whose read() then fails).
+  bool readable() const;
+  // Waits until bytes are published: spins `spin` first (a peer on another CPU answers
+  // within a few µs without any syscall on either side), then says it sleeps and sleeps
+  // on its futex word. false when `until` passed first.
+  bool wait(std::chrono::steady_clock::time_point until, std::chrono::nanoseconds spin = {});
+
+ private:
+  std::byte* base_ = nullptr;
+  uint32_t cap_ = 0;
+  uint64_t tail_ = 0;  // private; published after each read
+  bool failed_ = false;
+  bool freed_room_ = false;
+};
+
+// Two rings in one memfd of 2 * ring_bytes(capacity), mapped here. The creator (the
+// host) uses creator_writer()/creator_reader(); the peer maps the fd it was given with
+// attach() and uses peer_writer()/peer_reader().
+class RingPair {
+ public:
+  // capacity: a power of two in [kRingMinCapacity, kRingMaxCapacity].
+  static Result<RingPair> create(uint32_t capacity, const char* name = "airlock-ring");
+  // Maps a ring memfd received from the creator: refuses (InvalidArgument) a capacity
+  // out of range, an fd that is not a memfd sealed against resizing, or the wrong size.
+  static Result<RingPair> attach(UniqueFd fd, uint32_t capacity);
+
+  RingPair(RingPair&& o) noexcept;
+  RingPair& operator=(RingPair&& o) noexcept;
+  RingPair(const RingPair&) = delete;
+  RingPair& operator=(const RingPair&) = delete;
+  ~RingPair();
+
+  int fd() const { return fd_.get(); }
+  uint32_t capacity() const { return cap_; }
+  RingWriter creator_writer() { return {ring(0), cap_}; }
+  RingReader creator_reader() { return {ring(1), cap_}; }
+  RingWriter peer_writer() { return {ring(1), cap_}; }
+  RingReader peer_reader() { return {ring(0), cap_}; }
+
+ private:
+  RingPair(UniqueFd fd, std::byte* base, uint32_t cap) : fd_(std::move(fd)), base_(base), cap_(cap) {}
+  std::byte* ring(int i) { return base_ + i * ring_bytes(cap_); }
+  UniqueFd fd_;
+  std::byte* base_ = nullptr;
+  uint32_t cap_ = 0;
+};
+
+}  // namespace airlock::shm

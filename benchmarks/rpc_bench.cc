@@ -27,6 +27,7 @@
 #include <regex>
 
 #include "airlock/host.h"
+#include "airlock/shm/ring.h"
 #include "bench_util.h"
 #include "runtime/skill_runtime.h"
 
@@ -253,67 +254,156 @@ Prepared prepare_raw_grpc_bidi(const Config& cfg) {
           "", ""};
 }
 
+// Pins the calling thread to one CPU until destroyed (then restores what it had): the
+// cross_cpu baselines put the two ends of a round trip on different vCPUs, as an Airlock
+// call (at least three threads) always is in practice.
+// Pins the calling thread to `cpu`; returns the set it had.
+cpu_set_t pin_to(int cpu) {
+  cpu_set_t old, one;
+  sched_getaffinity(0, sizeof old, &old);
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  sched_setaffinity(0, sizeof one, &one);
+  return old;
+}
+
+struct PinnedTo {
+  std::optional<cpu_set_t> saved;
+  explicit PinnedTo(int cpu) {
+    if (cpu >= 0) saved = pin_to(cpu);
+  }
+  ~PinnedTo() {
+    if (saved) sched_setaffinity(0, sizeof *saved, &*saved);
+  }
+  PinnedTo(const PinnedTo&) = delete;
+  PinnedTo& operator=(const PinnedTo&) = delete;
+};
+
+// A forked echo child for the raw_* baselines: killed and reaped with its holder.
+struct ForkedPeer {
+  pid_t pid = -1;
+  int fd = -1;  // closed first: a child reading it sees EOF
+  std::unique_ptr<PinnedTo> pin;
+  ~ForkedPeer() {
+    if (fd >= 0) close(fd);
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
+// Reads exactly n bytes from a socket: polls it without blocking for `spin` after it was
+// asked (no syscall saved, but no sleep: the peer's write is seen without a wake-up),
+// then blocks. false: EOF, an error, or `timeout` passed (SO_RCVTIMEO on a blocking read).
+bool read_exact(int fd, char* b, size_t n, std::chrono::microseconds spin) {
+  const auto spin_end = Clock::now() + spin;
+  for (size_t got = 0; got < n;) {
+    const bool polling = spin.count() > 0 && Clock::now() < spin_end;
+    ssize_t r = recv(fd, b + got, n - got, polling ? MSG_DONTWAIT : 0);
+    if (r < 0 && polling && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+    if (r <= 0) return false;
+    got += static_cast<size_t>(r);
+  }
+  return true;
+}
+
 // raw_socketpair: a forked child echoes 8 bytes with blocking read/write. The floor of
 // any IPC round trip between two processes on this machine. Unpinned, the scheduler may
 // put both on one vCPU (~10 µs here) or on two (~30-45 µs: waking the other vCPU is the
-// cost); raw_socketpair_cross_cpu pins them to different vCPUs, as an Airlock call
-// (at least three threads) always is in practice.
-Prepared prepare_raw_socketpair(const Config& cfg, bool cross_cpu = false) {
+// cost); raw_socketpair_cross_cpu pins them to different vCPUs. raw_socketpair_spin:
+// both sides poll the socket for spin_us before blocking (what HostOptions::spin does
+// in the loops), the fair comparison for raw_ring_spin.
+Prepared prepare_raw_socketpair(const Config& cfg, bool cross_cpu = false, uint32_t spin_us = 0) {
   if (cross_cpu && sysconf(_SC_NPROCESSORS_ONLN) < 2) return failed("needs two CPUs");
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return failed(std::string("socketpair: ") + strerror(errno));
+  const std::chrono::microseconds spin(spin_us);
   pid_t pid = fork();
   if (pid < 0) return failed(std::string("fork: ") + strerror(errno));
   if (pid == 0) {  // only async-signal-safe calls from here
-    if (cross_cpu) {
-      cpu_set_t one;
-      CPU_ZERO(&one);
-      CPU_SET(1, &one);
-      sched_setaffinity(0, sizeof one, &one);
-    }
+    if (cross_cpu) pin_to(1);
     close(sv[0]);
     char b[8];
     for (;;) {
-      size_t got = 0;
-      while (got < 8) {
-        ssize_t n = read(sv[1], b + got, 8 - got);
-        if (n <= 0) _exit(0);
-        got += static_cast<size_t>(n);
-      }
+      if (!read_exact(sv[1], b, 8, spin)) _exit(0);
       if (write(sv[1], b, 8) != 8) _exit(1);
     }
   }
   close(sv[1]);
   timeval tv{static_cast<time_t>(cfg.timeout.count() / 1000), 0};
   setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  struct Peer {
-    int fd;
-    pid_t pid;
-    std::optional<cpu_set_t> saved;  // this thread's affinity before pinning
-    ~Peer() {
-      close(fd);  // the child sees EOF and exits
-      waitpid(pid, nullptr, 0);
-      if (saved) sched_setaffinity(0, sizeof *saved, &*saved);
-    }
-  };
-  auto peer = std::shared_ptr<Peer>(new Peer{sv[0], pid, std::nullopt});
-  if (cross_cpu) {
-    cpu_set_t old, zero;
-    sched_getaffinity(0, sizeof old, &old);
-    peer->saved = old;
-    CPU_ZERO(&zero);
-    CPU_SET(0, &zero);
-    sched_setaffinity(0, sizeof zero, &zero);
-  }
-  return {[peer](milliseconds) -> Timed {
+  auto peer = std::make_shared<ForkedPeer>();
+  peer->pid = pid;
+  peer->fd = sv[0];
+  peer->pin = std::make_unique<PinnedTo>(cross_cpu ? 0 : -1);
+  return {[peer, spin](milliseconds) -> Timed {
             const char out[8] = {1, 2, 3, 4, 5, 6, 7, 8};
             char in[8];
             auto t0 = Clock::now();
             if (write(peer->fd, out, 8) != 8) return {0, std::string("write: ") + strerror(errno)};
+            if (!read_exact(peer->fd, in, 8, spin)) return {0, std::string("read: the child closed the socket or ") + strerror(errno)};
+            double us = us_since(t0);
+            return {us, std::memcmp(in, out, 8) ? "wrong bytes echoed" : ""};
+          },
+          "", ""};
+}
+
+// raw_ring: the same 8-byte echo through shm::RingPair (two SPSC rings in a memfd,
+// futex doorbells rung only when the other side said it sleeps), the link issue 12 asked
+// to measure against the socket. spin_us: how long each side polls the ring before it
+// sleeps (0: sleep at once, a futex wake-up per message, as the socket's). The child
+// exits once its parent is gone (it looks every 100 ms while idle).
+Prepared prepare_raw_ring(const Config& cfg, uint32_t spin_us, bool cross_cpu = false) {
+  if (cross_cpu && sysconf(_SC_NPROCESSORS_ONLN) < 2) return failed("needs two CPUs");
+  auto rings = shm::RingPair::create(64 * 1024, "rpc_bench-ring");
+  if (!rings) return failed(rings.error().to_string());
+  auto pair = std::make_shared<shm::RingPair>(std::move(*rings));
+  const std::chrono::microseconds spin(spin_us);
+  const pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid < 0) return failed(std::string("fork: ") + strerror(errno));
+  if (pid == 0) {  // no allocation from here: futex, memcpy and the vDSO clock only
+    if (cross_cpu) pin_to(1);
+    shm::RingReader in = pair->peer_reader();
+    shm::RingWriter out = pair->peer_writer();
+    std::byte b[8];
+    for (;;) {
+      size_t got = 0;
+      while (got < 8) {
+        if (!in.wait(Clock::now() + milliseconds(100), spin)) {
+          if (getppid() != parent) _exit(0);
+          continue;
+        }
+        auto n = in.read(std::span(b + got, 8 - got));
+        if (!n.ok()) _exit(1);
+        got += *n;
+      }
+      auto n = out.write_and_ring(std::span(b, 8));
+      if (!n.ok() || *n != 8) _exit(1);
+    }
+  }
+  auto peer = std::make_shared<ForkedPeer>();
+  peer->pid = pid;
+  peer->pin = std::make_unique<PinnedTo>(cross_cpu ? 0 : -1);
+  struct Ends {
+    shm::RingWriter out;
+    shm::RingReader in;
+  };
+  auto ends = std::make_shared<Ends>(Ends{pair->creator_writer(), pair->creator_reader()});
+  const milliseconds timeout = cfg.timeout;
+  return {[peer, pair, ends, spin, timeout](milliseconds) -> Timed {
+            const std::byte out[8] = {std::byte{1}, std::byte{2}, std::byte{3}, std::byte{4},
+                                      std::byte{5}, std::byte{6}, std::byte{7}, std::byte{8}};
+            std::byte in[8];
+            auto t0 = Clock::now();
+            auto n = ends->out.write_and_ring(std::span(out, 8));
+            if (!n.ok() || *n != 8) return {0, n.ok() ? "ring full" : n.error().to_string()};
             for (size_t got = 0; got < 8;) {
-              ssize_t n = read(peer->fd, in + got, 8 - got);
-              if (n <= 0) return {0, n == 0 ? "the child closed the socket" : std::string("read: ") + strerror(errno)};
-              got += static_cast<size_t>(n);
+              if (!ends->in.wait(t0 + timeout, spin)) return {0, "no echo within the timeout"};
+              auto m = ends->in.read(std::span(in + got, 8 - got));
+              if (!m.ok()) return {0, m.error().to_string()};
+              got += *m;
             }
             double us = us_since(t0);
             return {us, std::memcmp(in, out, 8) ? "wrong bytes echoed" : ""};
@@ -629,6 +719,10 @@ std::vector<TestDef> make_tests(Contexts& cx, const std::vector<std::string>& tr
   std::vector<TestDef> t;
   t.push_back({"raw_socketpair", "raw", "baseline", "", [&cfg] { return prepare_raw_socketpair(cfg); }});
   t.push_back({"raw_socketpair_cross_cpu", "raw", "baseline", "", [&cfg] { return prepare_raw_socketpair(cfg, true); }});
+  t.push_back({"raw_socketpair_spin", "raw", "baseline", "raw_socketpair", [&cfg] { return prepare_raw_socketpair(cfg, false, 50); }});
+  t.push_back({"raw_ring", "raw", "baseline", "raw_socketpair", [&cfg] { return prepare_raw_ring(cfg, 0); }});
+  t.push_back({"raw_ring_cross_cpu", "raw", "baseline", "raw_socketpair_cross_cpu", [&cfg] { return prepare_raw_ring(cfg, 0, true); }});
+  t.push_back({"raw_ring_spin", "raw", "baseline", "raw_socketpair_spin", [&cfg] { return prepare_raw_ring(cfg, 50); }});
   t.push_back({"raw_grpc_bidi", "raw", "baseline", "", [&cfg] { return prepare_raw_grpc_bidi(cfg); }});
   t.push_back({"memcpy_8mb", "raw", "baseline", "", [] { return prepare_memcpy(8 * kMiB); }});
   t.push_back({"memcpy_50mb", "raw", "baseline", "", [] { return prepare_memcpy(50 * kMiB); }});

@@ -27,7 +27,7 @@
 #include <regex>
 
 #include "airlock/host.h"
-#include "airlock/shm/ring.h"
+#include "airlock/ring.h"
 #include "bench_util.h"
 #include "runtime/skill_runtime.h"
 
@@ -349,24 +349,24 @@ Prepared prepare_raw_socketpair(const Config& cfg, bool cross_cpu = false, uint3
           "", ""};
 }
 
-// raw_ring: the same 8-byte echo through shm::RingPair (two SPSC rings in a memfd,
+// raw_ring: the same 8-byte echo through proto::RingPair (two SPSC rings in a memfd,
 // futex doorbells rung only when the other side said it sleeps), the link issue 12 asked
 // to measure against the socket. spin_us: how long each side polls the ring before it
 // sleeps (0: sleep at once, a futex wake-up per message, as the socket's). The child
 // exits once its parent is gone (it looks every 100 ms while idle).
 Prepared prepare_raw_ring(const Config& cfg, uint32_t spin_us, bool cross_cpu = false) {
   if (cross_cpu && sysconf(_SC_NPROCESSORS_ONLN) < 2) return failed("needs two CPUs");
-  auto rings = shm::RingPair::create(64 * 1024, "rpc_bench-ring");
+  auto rings = proto::RingPair::create(64 * 1024, "rpc_bench-ring");
   if (!rings) return failed(rings.error().to_string());
-  auto pair = std::make_shared<shm::RingPair>(std::move(*rings));
+  auto pair = std::make_shared<proto::RingPair>(std::move(*rings));
   const std::chrono::microseconds spin(spin_us);
   const pid_t parent = getpid();
   pid_t pid = fork();
   if (pid < 0) return failed(std::string("fork: ") + strerror(errno));
   if (pid == 0) {  // no allocation from here: futex, memcpy and the vDSO clock only
     if (cross_cpu) pin_to(1);
-    shm::RingReader in = pair->peer_reader();
-    shm::RingWriter out = pair->peer_writer();
+    proto::RingReader in = pair->peer_reader();
+    proto::RingWriter out = pair->peer_writer();
     std::byte b[8];
     for (;;) {
       size_t got = 0;
@@ -375,7 +375,7 @@ Prepared prepare_raw_ring(const Config& cfg, uint32_t spin_us, bool cross_cpu = 
           if (getppid() != parent) _exit(0);
           continue;
         }
-        auto n = in.read(std::span(b + got, 8 - got));
+        auto n = in.read_and_ring(std::span(b + got, 8 - got));
         if (!n.ok()) _exit(1);
         got += *n;
       }
@@ -387,8 +387,8 @@ Prepared prepare_raw_ring(const Config& cfg, uint32_t spin_us, bool cross_cpu = 
   peer->pid = pid;
   peer->pin = std::make_unique<PinnedTo>(cross_cpu ? 0 : -1);
   struct Ends {
-    shm::RingWriter out;
-    shm::RingReader in;
+    proto::RingWriter out;
+    proto::RingReader in;
   };
   auto ends = std::make_shared<Ends>(Ends{pair->creator_writer(), pair->creator_reader()});
   const milliseconds timeout = cfg.timeout;

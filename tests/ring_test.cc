@@ -1,4 +1,4 @@
-// shm/ring: the shared-memory byte rings (SPSC, futex doorbells), honest and hostile.
+// proto/ring: the shared-memory byte rings (SPSC, futex doorbells), honest and hostile.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -14,9 +14,9 @@
 
 #include <gtest/gtest.h>
 
-#include "airlock/shm/ring.h"
+#include "airlock/ring.h"
 
-namespace airlock::shm {
+namespace airlock::proto {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -30,7 +30,7 @@ RingPair make_pair(uint32_t cap = kRingMinCapacity) {
 
 // A peer's view of the same memfd, mapped again as the other process would.
 RingPair attach_copy(const RingPair& p) {
-  auto a = RingPair::attach(UniqueFd(::fcntl(p.fd(), F_DUPFD_CLOEXEC, 0)), p.capacity());
+  auto a = RingPair::attach(::fcntl(p.fd(), F_DUPFD_CLOEXEC, 0), p.capacity());
   EXPECT_TRUE(a.ok()) << a.error().to_string();
   return std::move(*a);
 }
@@ -148,19 +148,19 @@ TEST(Ring, AttachRefusesWhatTheCreatorWouldNotHaveMade) {
   EXPECT_FALSE(RingPair::create(5000).ok()) << "not a power of two";
   EXPECT_FALSE(RingPair::create(1024).ok()) << "below the minimum";
   RingPair host = make_pair();
-  auto wrong_size = RingPair::attach(UniqueFd(::fcntl(host.fd(), F_DUPFD_CLOEXEC, 0)), 2 * kRingMinCapacity);
+  auto wrong_size = RingPair::attach(::fcntl(host.fd(), F_DUPFD_CLOEXEC, 0), 2 * kRingMinCapacity);
   ASSERT_FALSE(wrong_size.ok());
   EXPECT_EQ(wrong_size.error().code, Code::InvalidArgument);
   const int raw = ::memfd_create("unsealed", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   ASSERT_GE(raw, 0);
   ASSERT_EQ(::ftruncate(raw, static_cast<off_t>(2 * ring_bytes(kRingMinCapacity))), 0);
-  auto unsealed = RingPair::attach(UniqueFd(raw), kRingMinCapacity);
+  auto unsealed = RingPair::attach(raw, kRingMinCapacity);
   ASSERT_FALSE(unsealed.ok());
   EXPECT_NE(unsealed.error().message.find("sealed"), std::string::npos) << unsealed.error().message;
   int pipefd[2];
   ASSERT_EQ(::pipe2(pipefd, O_CLOEXEC), 0);
   ::close(pipefd[1]);
-  EXPECT_FALSE(RingPair::attach(UniqueFd(pipefd[0]), kRingMinCapacity).ok()) << "not a memfd";
+  EXPECT_FALSE(RingPair::attach(pipefd[0], kRingMinCapacity).ok()) << "not a memfd";
 }
 
 TEST(Ring, AWaitEndsAtItsDeadlineEvenWhileAPeerScribblesOnTheSleepWord) {
@@ -192,7 +192,7 @@ TEST(Ring, AWriterWaitingForRoomIsWokenByTheRead) {
     woke = ok.ok() && *ok;
   });
   std::vector<std::byte> out(1);
-  ASSERT_EQ(*r.read(out), 1u);
+  ASSERT_EQ(*r.read_and_ring(out), 1u);
   writer.join();  // returns because the read woke it, long before its 60 s
   EXPECT_TRUE(woke.load());
 }
@@ -210,7 +210,7 @@ TEST(Ring, TwoProcessesEchoThroughSleepingPeers) {
     std::vector<std::byte> buf(8192);
     for (;;) {
       if (!in.wait(Clock::now() + 10s)) _exit(2);
-      auto n = in.read(buf);
+      auto n = in.read_and_ring(buf);
       if (!n.ok()) _exit(3);
       if (*n == 1 && buf[0] == std::byte{0}) _exit(0);  // the end
       for (size_t done = 0; done < *n;) {
@@ -240,7 +240,7 @@ TEST(Ring, TwoProcessesEchoThroughSleepingPeers) {
         sent += *m;
       }
       ASSERT_TRUE(in.wait(Clock::now() + 10s)) << "round " << round;
-      auto n = in.read(buf);
+      auto n = in.read_and_ring(buf);
       ASSERT_TRUE(n.ok()) << n.error().to_string();
       got.insert(got.end(), buf.begin(), buf.begin() + static_cast<long>(*n));
     }
@@ -254,4 +254,4 @@ TEST(Ring, TwoProcessesEchoThroughSleepingPeers) {
 }
 
 }  // namespace
-}  // namespace airlock::shm
+}  // namespace airlock::proto

@@ -1,4 +1,4 @@
-// Fuzzes both ends of the shared-memory ring (shm/ring.cc) against a hostile peer that
+// Fuzzes both ends of the shared-memory ring (proto/ring.cc) against a hostile peer that
 // writes whatever it likes into the shared words and data: RingReader against a writer
 // that publishes any head and any bytes, RingWriter against a reader that publishes any
 // tail. The rings live in heap blocks of exactly ring_bytes(capacity), so ASan catches
@@ -25,12 +25,12 @@
 #include <cstring>
 #include <vector>
 
-#include "airlock/shm/ring.h"
+#include "airlock/ring.h"
 #include "fuzz_check.h"
 
 namespace {
 
-using namespace airlock::shm;
+using namespace airlock::proto;
 constexpr uint32_t kCap = kRingMinCapacity;
 
 struct Input {
@@ -135,6 +135,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (valid) AIRLOCK_FUZZ_CHECK(*room == kCap - (head - tail));
         writer_failed = !valid;
         (void)writer.take_sleeper();
+        (void)reader.take_waiting_writer();
+        AIRLOCK_FUZZ_CHECK(reader.arm() == readable);
+        reader.disarm();
+        auto asked = writer.ask_for_room();  // the same tail: the same verdict and room
+        AIRLOCK_FUZZ_CHECK(asked.ok() == valid);
+        if (valid) AIRLOCK_FUZZ_CHECK(*asked == *room);
         break;
       }
     }

@@ -1,7 +1,11 @@
 // Byte rings in shared memory: one writer, one reader, each in its own process (SPSC),
-// with futex doorbells rung only when the other side has said it sleeps. The link that
-// issue 12 asked to be built and measured against the socket (docs/ARCHITECTURE.md,
-// "A shared-memory ring, measured"); rpc_bench's raw_ring* baselines time it.
+// with doorbells rung only when the other side has said it sleeps. A link beside the
+// socket (docs/ARCHITECTURE.md, "The shared-memory ring"): the msgpack channel can carry
+// its frames here and keep the socket for doorbell bytes and hang-up
+// (HostOptions::ring_bytes); rpc_bench's raw_ring* baselines time the bare ring. Two
+// kinds of doorbell: a futex on the sleep word (wait(), ring(): for threads that block
+// on the ring alone) or anything the owner chooses (arm(), take_sleeper(): the channel
+// sends one byte on the socket, which its epoll set already watches).
 //
 // The memory is written by a peer that may be hostile, so nothing read from it is
 // trusted:
@@ -30,10 +34,9 @@
 #include <cstdint>
 #include <span>
 
-#include "airlock/shm/unique_fd.h"
 #include "airlock/status.h"
 
-namespace airlock::shm {
+namespace airlock::proto {
 
 inline constexpr size_t kRingHeaderBytes = 256;
 inline constexpr uint32_t kRingMinCapacity = 4096;
@@ -50,20 +53,25 @@ class RingWriter {
   RingWriter(std::byte* region, uint32_t capacity);
 
   // Copies as much of `bytes` as fits and publishes it; returns how many (0: full). A
-  // stream, like a socket: a caller with more to send waits for room (wait_for_room).
+  // stream, like a socket: a caller with more to send waits for room.
   Result<size_t> write(std::span<const std::byte> bytes);
-  // Whether the reader said it sleeps; clears the word so that one wake-up serves a
-  // burst of writes. Call after a write that published bytes; ring() if true.
+  // Whether the reader said it sleeps; clears the word so that one doorbell serves a
+  // burst of writes. Call after a write that published bytes, and ring the doorbell if
+  // true.
   bool take_sleeper();
+  // Says this writer waits for room (the reader's take_waiting_writer() then answers
+  // true once it freed some), and looks again: room there is now needs no doorbell.
+  Result<size_t> ask_for_room();
+  // Bytes free now (one load of the reader's tail).
+  Result<size_t> room();
+
   // The futex doorbell (FUTEX_WAKE on the reader's word: shared, so not PRIVATE).
   void ring();
   // write() + take_sleeper() + ring() when needed.
   Result<size_t> write_and_ring(std::span<const std::byte> bytes);
-  // Waits until the reader has freed room, spinning `spin` first, then sleeping on the
-  // futex; false when `until` passed first.
+  // Waits on the futex until the reader has freed room, spinning `spin` first; false
+  // when `until` passed first.
   Result<bool> wait_for_room(std::chrono::steady_clock::time_point until, std::chrono::nanoseconds spin = {});
-  // Bytes free as of the last look at the reader's tail (refreshes it).
-  Result<size_t> room();
 
  private:
   Result<uint64_t> load_tail();
@@ -82,12 +90,23 @@ class RingReader {
   // Copies up to out.size() published bytes into `out` and frees their room; returns
   // how many (0: empty). Fails for good once the writer published an impossible head.
   Result<size_t> read(std::span<std::byte> out);
+  // Whether the writer said it waits for room; clears the word. Call after a read that
+  // freed room, and ring the writer's doorbell if true.
+  bool take_waiting_writer();
   // Whether bytes wait (one load of the writer's head; a malformed one counts as
   // "something to read", whose read() then fails).
   bool readable() const;
+  // Says this reader is about to sleep (the writer's take_sleeper() then answers true),
+  // and looks again: returns readable(), so that bytes published just before are not
+  // slept through. disarm(): polling, no doorbell wanted.
+  bool arm();
+  void disarm();
+
+  // read() + take_waiting_writer() + a futex wake of the writer when needed.
+  Result<size_t> read_and_ring(std::span<std::byte> out);
   // Waits until bytes are published: spins `spin` first (a peer on another CPU answers
-  // within a few µs without any syscall on either side), then says it sleeps and sleeps
-  // on its futex word. false when `until` passed first.
+  // within a few µs without any syscall on either side), then arms and sleeps on the
+  // futex. false when `until` passed first.
   bool wait(std::chrono::steady_clock::time_point until, std::chrono::nanoseconds spin = {});
 
  private:
@@ -95,7 +114,6 @@ class RingReader {
   uint32_t cap_ = 0;
   uint64_t tail_ = 0;  // private; published after each read
   bool failed_ = false;
-  bool freed_room_ = false;
 };
 
 // Two rings in one memfd of 2 * ring_bytes(capacity), mapped here. The creator (the
@@ -105,9 +123,10 @@ class RingPair {
  public:
   // capacity: a power of two in [kRingMinCapacity, kRingMaxCapacity].
   static Result<RingPair> create(uint32_t capacity, const char* name = "airlock-ring");
-  // Maps a ring memfd received from the creator: refuses (InvalidArgument) a capacity
-  // out of range, an fd that is not a memfd sealed against resizing, or the wrong size.
-  static Result<RingPair> attach(UniqueFd fd, uint32_t capacity);
+  // Maps a ring memfd received from the creator, taking the fd (closed on failure too):
+  // refuses (InvalidArgument) a capacity out of range, an fd that is not a memfd sealed
+  // against resizing, or the wrong size.
+  static Result<RingPair> attach(int fd, uint32_t capacity);
 
   RingPair(RingPair&& o) noexcept;
   RingPair& operator=(RingPair&& o) noexcept;
@@ -115,7 +134,7 @@ class RingPair {
   RingPair& operator=(const RingPair&) = delete;
   ~RingPair();
 
-  int fd() const { return fd_.get(); }
+  int fd() const { return fd_; }
   uint32_t capacity() const { return cap_; }
   RingWriter creator_writer() { return {ring(0), cap_}; }
   RingReader creator_reader() { return {ring(1), cap_}; }
@@ -123,11 +142,13 @@ class RingPair {
   RingReader peer_reader() { return {ring(0), cap_}; }
 
  private:
-  RingPair(UniqueFd fd, std::byte* base, uint32_t cap) : fd_(std::move(fd)), base_(base), cap_(cap) {}
+  RingPair(int fd, std::byte* base, uint32_t cap) : fd_(fd), base_(base), cap_(cap) {}
   std::byte* ring(int i) { return base_ + i * ring_bytes(cap_); }
-  UniqueFd fd_;
+  static Result<RingPair> attach_checked(int fd, uint32_t capacity, bool created);
+  void release();
+  int fd_ = -1;
   std::byte* base_ = nullptr;
   uint32_t cap_ = 0;
 };
 
-}  // namespace airlock::shm
+}  // namespace airlock::proto

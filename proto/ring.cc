@@ -1,4 +1,4 @@
-#include "airlock/shm/ring.h"
+#include "airlock/ring.h"
 
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -14,7 +14,7 @@
 #include <string>
 #include <utility>
 
-namespace airlock::shm {
+namespace airlock::proto {
 namespace {
 
 #ifndef MFD_NOEXEC_SEAL
@@ -112,6 +112,12 @@ bool RingWriter::take_sleeper() {
 
 void RingWriter::ring() { futex_wake(futex_word(base_, kReaderSleeps)); }
 
+Result<size_t> RingWriter::ask_for_room() {
+  word32(base_, kWriterWaits).store(1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with take_waiting_writer()
+  return room();
+}
+
 Result<size_t> RingWriter::write_and_ring(std::span<const std::byte> bytes) {
   auto n = write(bytes);
   if (n && *n > 0 && take_sleeper()) ring();
@@ -129,9 +135,7 @@ Result<bool> RingWriter::wait_for_room(Clock::time_point until, std::chrono::nan
   }
   auto waits = word32(base_, kWriterWaits);
   for (;;) {
-    waits.store(1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    auto free = room();
+    auto free = ask_for_room();
     if (!free || *free > 0 || Clock::now() >= until) {
       waits.store(0, std::memory_order_relaxed);
       if (!free) return free.take_error();
@@ -160,12 +164,29 @@ Result<size_t> RingReader::read(std::span<std::byte> out) {
   copy_out(base_ + kRingHeaderBytes, cap_, tail_, out.data(), n);
   tail_ += n;
   word64(base_, kTail).store(tail_, std::memory_order_release);
-  // A writer waiting for room said so before it looked at our tail (as in wait()).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  auto waits = word32(base_, kWriterWaits);
-  if (waits.load(std::memory_order_relaxed) != 0 && waits.exchange(0) != 0) futex_wake(futex_word(base_, kWriterWaits));
   return n;
 }
+
+bool RingReader::take_waiting_writer() {
+  // A writer waiting for room said so before it looked at our tail (ask_for_room).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  auto waits = word32(base_, kWriterWaits);
+  return waits.load(std::memory_order_relaxed) != 0 && waits.exchange(0) != 0;
+}
+
+Result<size_t> RingReader::read_and_ring(std::span<std::byte> out) {
+  auto n = read(out);
+  if (n && *n > 0 && take_waiting_writer()) futex_wake(futex_word(base_, kWriterWaits));
+  return n;
+}
+
+bool RingReader::arm() {
+  word32(base_, kReaderSleeps).store(1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with take_sleeper()
+  return readable();
+}
+
+void RingReader::disarm() { word32(base_, kReaderSleeps).store(0, std::memory_order_relaxed); }
 
 bool RingReader::wait(Clock::time_point until, std::chrono::nanoseconds spin) {
   if (readable()) return true;
@@ -178,12 +199,9 @@ bool RingReader::wait(Clock::time_point until, std::chrono::nanoseconds spin) {
       }
     }
   }
-  auto sleeps = word32(base_, kReaderSleeps);
   for (;;) {
-    sleeps.store(1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with take_sleeper()
-    if (readable() || Clock::now() >= until) {
-      sleeps.store(0, std::memory_order_relaxed);
+    if (arm() || Clock::now() >= until) {
+      disarm();
       return readable();
     }
     // The writer clears the word before it wakes us; a peer that scribbles on it makes
@@ -197,49 +215,67 @@ Result<RingPair> RingPair::create(uint32_t capacity, const char* name) {
   int fd = ::memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
   if (fd < 0 && errno == EINVAL) fd = ::memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);  // kernel < 6.3
   if (fd < 0) return make_error(Code::ResourceExhausted, std::string("memfd_create: ") + std::strerror(errno));
-  UniqueFd owned(fd);
-  const size_t size = 2 * ring_bytes(capacity);
-  if (::ftruncate(fd, static_cast<off_t>(size)) != 0)
-    return make_error(Code::ResourceExhausted, std::string("ftruncate ring: ") + std::strerror(errno));
-  // Before anyone else holds it: the peer can neither truncate it under our mapping
-  // (SIGBUS) nor change the seals.
-  if (::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
-    return make_error(Code::Internal, std::string("seal ring: ") + std::strerror(errno));
-  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) return make_error(Code::ResourceExhausted, std::string("mmap ring: ") + std::strerror(errno));
-  return RingPair(std::move(owned), static_cast<std::byte*>(p), capacity);
+  return attach_checked(fd, capacity, /*created=*/true);
 }
 
-Result<RingPair> RingPair::attach(UniqueFd fd, uint32_t capacity) {
-  if (!valid_capacity(capacity)) return make_error(Code::InvalidArgument, "ring capacity must be a power of two in [4 KiB, 64 MiB]");
-  const int seals = ::fcntl(fd.get(), F_GET_SEALS);
+Result<RingPair> RingPair::attach(int fd, uint32_t capacity) {
+  if (!valid_capacity(capacity)) {
+    if (fd >= 0) ::close(fd);
+    return make_error(Code::InvalidArgument, "ring capacity must be a power of two in [4 KiB, 64 MiB]");
+  }
+  return attach_checked(fd, capacity, /*created=*/false);
+}
+
+// Takes fd. A created memfd is sized and sealed first: before anyone else holds it, so
+// the peer can neither truncate it under our mapping (SIGBUS) nor change the seals.
+// A received one must already be so.
+Result<RingPair> RingPair::attach_checked(int fd, uint32_t capacity, bool created) {
+  struct Closer {
+    int fd;
+    ~Closer() {
+      if (fd >= 0) ::close(fd);
+    }
+  } owned{fd};
+  const size_t size = 2 * ring_bytes(capacity);
+  if (created) {
+    if (::ftruncate(fd, static_cast<off_t>(size)) != 0)
+      return make_error(Code::ResourceExhausted, std::string("ftruncate ring: ") + std::strerror(errno));
+    if (::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
+      return make_error(Code::Internal, std::string("seal ring: ") + std::strerror(errno));
+  }
+  const int seals = ::fcntl(fd, F_GET_SEALS);
   if (seals < 0) return make_error(Code::InvalidArgument, "ring: fd is not a sealable memfd");
   if ((seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW))
     return make_error(Code::InvalidArgument, "ring: memfd is not sealed against resizing");
   struct stat st {};
-  const size_t size = 2 * ring_bytes(capacity);
-  if (::fstat(fd.get(), &st) != 0 || static_cast<uint64_t>(st.st_size) != size)
+  if (::fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) != size)
     return make_error(Code::InvalidArgument, "ring: memfd is " + std::to_string(st.st_size) + " bytes, expected " + std::to_string(size));
-  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) return make_error(Code::ResourceExhausted, std::string("mmap ring: ") + std::strerror(errno));
-  return RingPair(std::move(fd), static_cast<std::byte*>(p), capacity);
+  owned.fd = -1;
+  return RingPair(fd, static_cast<std::byte*>(p), capacity);
 }
 
 RingPair::RingPair(RingPair&& o) noexcept
-    : fd_(std::move(o.fd_)), base_(std::exchange(o.base_, nullptr)), cap_(std::exchange(o.cap_, 0)) {}
+    : fd_(std::exchange(o.fd_, -1)), base_(std::exchange(o.base_, nullptr)), cap_(std::exchange(o.cap_, 0)) {}
 
 RingPair& RingPair::operator=(RingPair&& o) noexcept {
   if (this != &o) {
-    if (base_) ::munmap(base_, 2 * ring_bytes(cap_));
-    fd_ = std::move(o.fd_);
+    release();
+    fd_ = std::exchange(o.fd_, -1);
     base_ = std::exchange(o.base_, nullptr);
     cap_ = std::exchange(o.cap_, 0);
   }
   return *this;
 }
 
-RingPair::~RingPair() {
+void RingPair::release() {
   if (base_) ::munmap(base_, 2 * ring_bytes(cap_));
+  if (fd_ >= 0) ::close(fd_);
+  base_ = nullptr;
+  fd_ = -1;
 }
 
-}  // namespace airlock::shm
+RingPair::~RingPair() { release(); }
+
+}  // namespace airlock::proto

@@ -46,6 +46,7 @@ struct Config {
   milliseconds timeout{30'000};
   bool zygote = true;
   int spin_us = -1;  // HostOptions::spin; -1: the library's default
+  uint32_t ring_bytes = 0;  // HostOptions::ring_bytes (msgpack); 0: frames on the socket
   std::string skills_dir = AIRLOCK_BENCH_SKILL_DIR, extension_binary;
 };
 
@@ -551,6 +552,7 @@ struct Contexts {
     ho.default_limits = {kSkillMemoryMb, static_cast<uint32_t>(cfg.timeout.count())};
     ho.default_call_timeout = cfg.timeout;
     if (cfg.spin_us >= 0) ho.spin = std::chrono::microseconds(cfg.spin_us);
+    ho.ring_bytes = cfg.ring_bytes;
     r->host = std::make_unique<Host>(ho);
     Host& h = *r->host;
     const std::string b_name = "bench-B";  // one host per transport at a time
@@ -601,6 +603,7 @@ Prepared prepare_unsandboxed(Contexts& cx, const std::string& transport) {
     ho.use_zygote = cx.cfg.zygote;
     ho.sandbox.enabled = false;
     if (cx.cfg.spin_us >= 0) ho.spin = std::chrono::microseconds(cx.cfg.spin_us);
+    ho.ring_bytes = cx.cfg.ring_bytes;
     ho.default_limits = {kSkillMemoryMb, static_cast<uint32_t>(cx.cfg.timeout.count())};
     ho.default_call_timeout = cx.cfg.timeout;
     r.open_host = std::make_unique<Host>(ho);
@@ -999,6 +1002,8 @@ int main(int argc, char** argv) {
   app.add_option("--extension", cfg.extension_binary, "airlock-extension binary (default: the host library's choice)");
   app.add_option("--spin-us", cfg.spin_us, "HostOptions::spin in µs (0, the default: loops sleep at once)")
       ->check(CLI::Range(0, 10'000));
+  app.add_option("--ring-bytes", cfg.ring_bytes,
+                 "HostOptions::ring_bytes: msgpack frames in shared-memory rings of this size each way (0, the default: on the socket)");
   CLI11_PARSE(app, argc, argv);
   cfg.zygote = !no_zygote;
   if (quick) cfg.warmup = 2, cfg.iterations = 100;

@@ -19,9 +19,9 @@ void send_response(Channel& channel, const Response& response) {
 }
 
 std::unique_ptr<Channel> make_channel(Encoding enc, Role role, uv_loop_t* loop, int fd, uint32_t max_frame,
-                                      size_t max_queued, uint32_t spin_us) {
-  if (enc == Encoding::Grpc) return make_grpc_channel(role, loop, fd, max_frame, max_queued);
-  return make_msgpack_channel(loop, fd, max_frame, max_queued, spin_us);
+                                      size_t max_queued, uint32_t spin_us, std::shared_ptr<RingLink> ring) {
+  if (enc == Encoding::Grpc) return make_grpc_channel(role, loop, fd, max_frame, max_queued);  // ring: msgpack only
+  return make_msgpack_channel(loop, fd, max_frame, max_queued, spin_us, std::move(ring));
 }
 
 Error queue_full_error(size_t queued, size_t max_queued) {

@@ -184,6 +184,14 @@ Status FdChannel::give_back(uint64_t id, int timeout_ms) {
   return send({}, std::string_view(m, sizeof m), timeout_ms);
 }
 
+Status FdChannel::offer_ring(int fd, uint64_t capacity, int timeout_ms) {
+  char m[kSideMessageBytes] = {};
+  m[0] = static_cast<char>(SideMessage::Kind::kRing);
+  put_u64(m + 16, capacity);
+  const int fds[1] = {fd};
+  return send(fds, std::string_view(m, sizeof m), timeout_ms);
+}
+
 Result<SideMessage> parse_side_message(std::string_view bytes, std::vector<UniqueFd> fds) {
   if (bytes.size() != kSideMessageBytes)
     return make_error(Code::InvalidArgument, "fd channel: bad message size " +
@@ -201,6 +209,9 @@ Result<SideMessage> parse_side_message(std::string_view bytes, std::vector<Uniqu
     m.kind = SideMessage::Kind::kReturn;
   } else if (kind == static_cast<uint8_t>(SideMessage::Kind::kLastWords) && fds.empty()) {
     m.kind = SideMessage::Kind::kLastWords;
+  } else if (kind == static_cast<uint8_t>(SideMessage::Kind::kRing) && fds.size() == 1) {
+    m.kind = SideMessage::Kind::kRing;
+    m.fd = std::move(fds[0]);
   } else {
     return make_error(Code::InvalidArgument, "fd channel: bad message kind " +
                                                  std::to_string(kind) + " with " +

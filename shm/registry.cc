@@ -51,6 +51,9 @@ Status Registry::pump(FdChannel& channel, const std::function<void(uint64_t id)>
       last_words_ = m.id;
       continue;
     }
+    if (m.kind == SideMessage::Kind::kRing) {  // only ever the first message, read before this
+      return make_error(Code::InvalidArgument, "fd channel: a ring offered after the start");
+    }
     Status s = m.kind == SideMessage::Kind::kAnnounce ? add(m.id, std::move(m.fd), m.size)
                                                       : release(m.id);
     if (!s) return s;

@@ -33,12 +33,17 @@ bool wait_until(Pred done, std::chrono::milliseconds within) {
 }
 
 // Every chain test runs on both transports, and on msgpack once more with spinning loops
-// (HostOptions::spin): the same answers, errors, deadlines and cancellations.
+// (HostOptions::spin), and with the frames in shared-memory rings (HostOptions::
+// ring_bytes, small enough that large frames wrap and wait for room), sleeping and
+// spinning: the same answers, errors, deadlines and cancellations.
 struct ChainSetup {
   Transport transport;
   std::chrono::microseconds spin{0};
+  uint32_t ring_bytes = 0;
 };
-void PrintTo(const ChainSetup& c, std::ostream* os) { *os << to_string(c.transport) << ", spin " << c.spin.count() << " us"; }
+void PrintTo(const ChainSetup& c, std::ostream* os) {
+  *os << to_string(c.transport) << ", spin " << c.spin.count() << " us, ring " << c.ring_bytes << " bytes";
+}
 
 class ChainTest : public ::testing::TestWithParam<ChainSetup> {
  protected:
@@ -46,6 +51,7 @@ class ChainTest : public ::testing::TestWithParam<ChainSetup> {
     HostOptions o;
     o.transport = GetParam().transport;
     o.spin = GetParam().spin;
+    o.ring_bytes = GetParam().ring_bytes;
     o.extension_binary = AIRLOCK_EXTENSION_BIN;
     o.log_level = "warn";
     host_ = std::make_unique<Host>(o);
@@ -294,9 +300,12 @@ TEST_P(ChainTest, ALateServiceDoesNotBlockOtherCalls) {
 
 INSTANTIATE_TEST_SUITE_P(Transports, ChainTest,
                          ::testing::Values(ChainSetup{Transport::Msgpack}, ChainSetup{Transport::Grpc},
-                                           ChainSetup{Transport::Msgpack, std::chrono::microseconds(50)}),
+                                           ChainSetup{Transport::Msgpack, std::chrono::microseconds(50)},
+                                           ChainSetup{Transport::Msgpack, {}, 64 * 1024},
+                                           ChainSetup{Transport::Msgpack, std::chrono::microseconds(50), 64 * 1024}),
                          [](const auto& i) {
-                           return std::string(to_string(i.param.transport)) + (i.param.spin.count() ? "_spinning" : "");
+                           return std::string(to_string(i.param.transport)) + (i.param.ring_bytes ? "_ring" : "") +
+                                  (i.param.spin.count() ? "_spinning" : "");
                          });
 
 }  // namespace

@@ -5,10 +5,12 @@
 // measured elsewhere.
 #include <dirent.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <functional>
 #include <future>
@@ -22,6 +24,7 @@
 #include <vector>
 
 #include "airlock/channel.h"
+#include "airlock/ring.h"
 
 namespace airlock::proto {
 namespace {
@@ -53,8 +56,56 @@ int count_open_fds() {
   return n - 1;  // the DIR's own descriptor
 }
 
-class ChannelTest : public ::testing::TestWithParam<Encoding> {
+// What the two channels talk over: an encoding, and for msgpack the socket alone or a
+// shared-memory ring beside it (small, 64 KiB each way, so that frames wrap and wait
+// for room).
+struct Link {
+  Encoding enc;
+  bool ring = false;
+};
+std::string link_name(const ::testing::TestParamInfo<Link>& i) {
+  return std::string(to_string(i.param.enc)) + (i.param.ring ? "_ring" : "");
+}
+constexpr uint32_t kTestRingBytes = 64 * 1024;
+
+class ChannelTest : public ::testing::TestWithParam<Link> {
  protected:
+  Encoding enc() const { return GetParam().enc; }
+
+  // A channel in `role` on `fd`; with the ring, the two roles made one after the other
+  // share one ring pair (a role asked for twice starts a new pair).
+  std::unique_ptr<Channel> make(Role role, int fd, uint32_t max_frame = kDefaultMaxFrameBytes, uint32_t spin_us = 0) {
+    std::shared_ptr<RingLink> link;
+    if (GetParam().ring) {
+      const int end = role == Role::Host ? 0 : 1;
+      if (!pair_ || taken_[end]) {
+        auto p = RingPair::create(kTestRingBytes, "channel_test");
+        EXPECT_TRUE(p.ok()) << p.error().to_string();
+        pair_ = std::make_shared<RingPair>(std::move(*p));
+        taken_[0] = taken_[1] = false;
+      }
+      taken_[end] = true;
+      link = std::make_shared<RingLink>();
+      link->pair = pair_;
+      link->out = end == 0 ? pair_->creator_writer() : pair_->peer_writer();
+      link->in = end == 0 ? pair_->creator_reader() : pair_->peer_reader();
+      if (taken_[0] && taken_[1]) pair_.reset();  // the channels own it now
+    }
+    return make_channel(enc(), role, &loop_, fd, max_frame, kDefaultMaxQueuedBytes, spin_us, link);
+  }
+
+  // What a raw peer (open_one's other end) sends: on the socket, or with the ring into
+  // the ring, then a doorbell byte on the socket.
+  void peer_write(int peer, const std::string& bytes) {
+    if (!GetParam().ring) {
+      ASSERT_EQ(::write(peer, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+      return;
+    }
+    auto n = raw_peer_out_.write(std::as_bytes(std::span(bytes.data(), bytes.size())));
+    ASSERT_TRUE(n.ok() && *n == bytes.size());
+    ASSERT_EQ(::write(peer, "d", 1), 1);
+  }
+
   void SetUp() override {
     ASSERT_EQ(uv_loop_init(&loop_), 0);
     ASSERT_EQ(uv_timer_init(&loop_, &timer_), 0);
@@ -74,8 +125,8 @@ class ChannelTest : public ::testing::TestWithParam<Encoding> {
   void open_pair(uint32_t max_frame = kDefaultMaxFrameBytes) {
     int sv[2];
     ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-    host_.ch = make_channel(GetParam(), Role::Host, &loop_, sv[0], max_frame);
-    ext_.ch = make_channel(GetParam(), Role::Extension, &loop_, sv[1], max_frame);
+    host_.ch = make(Role::Host, sv[0], max_frame);
+    ext_.ch = make(Role::Extension, sv[1], max_frame);
     start(host_);
     start(ext_);
   }
@@ -84,7 +135,14 @@ class ChannelTest : public ::testing::TestWithParam<Encoding> {
   int open_one(Role role, Side& side) {
     int sv[2];
     EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-    side.ch = make_channel(GetParam(), role, &loop_, sv[0]);
+    side.ch = make(role, sv[0]);
+    if (GetParam().ring) {  // the raw peer's ends of the same pair
+      auto p = pair_;
+      EXPECT_TRUE(p);
+      raw_peer_pair_ = p;
+      raw_peer_out_ = role == Role::Host ? p->peer_writer() : p->creator_writer();
+      pair_.reset();
+    }
     start(side);
     return sv[1];
   }
@@ -144,12 +202,16 @@ class ChannelTest : public ::testing::TestWithParam<Encoding> {
   uv_loop_t loop_{};
   uv_timer_t timer_{};
   Side host_, ext_;
+  std::shared_ptr<RingPair> pair_;  // a ring pair one end of which is still to be made
+  bool taken_[2] = {false, false};
+  std::shared_ptr<RingPair> raw_peer_pair_;
+  RingWriter raw_peer_out_;
 };
 
 TEST_P(ChannelTest, EncodingIsTheOneAskedFor) {
   open_pair();
-  EXPECT_EQ(host_.ch->encoding(), GetParam());
-  EXPECT_EQ(ext_.ch->encoding(), GetParam());
+  EXPECT_EQ(host_.ch->encoding(), enc());
+  EXPECT_EQ(ext_.ch->encoding(), enc());
 }
 
 TEST_P(ChannelTest, RequestAndResponseRoundTrip) {
@@ -198,12 +260,12 @@ TEST_P(ChannelTest, FramesSentBeforeThePeerExistsArrive) {
   // The extension announces itself first thing, before the host's side is even created.
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-  ext_.ch = make_channel(GetParam(), Role::Extension, &loop_, sv[1]);
+  ext_.ch = make(Role::Extension, sv[1]);
   const Ready ready{kProtocolVersion, 42, "early", ""};
   ASSERT_TRUE(ext_.ch->send(ready).ok());
   start(ext_);
   run_for(20ms);
-  host_.ch = make_channel(GetParam(), Role::Host, &loop_, sv[0]);
+  host_.ch = make(Role::Host, sv[0]);
   start(host_);
   ASSERT_TRUE(run_until([&] { return !host_.frames.empty(); }));
   EXPECT_EQ(host_.frames[0], Frame(ready));
@@ -374,8 +436,8 @@ TEST_P(ChannelTest, CloseInsideOnFrameStopsDelivery) {
 TEST_P(ChannelTest, DestroyInsideOnClosedIsSafe) {
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-  host_.ch = make_channel(GetParam(), Role::Host, &loop_, sv[0]);
-  ext_.ch = make_channel(GetParam(), Role::Extension, &loop_, sv[1]);
+  host_.ch = make(Role::Host, sv[0]);
+  ext_.ch = make(Role::Extension, sv[1]);
   start(host_);
   bool told = false;
   ext_.ch->start({[](Frame&&) {}, [&](const Error&) {
@@ -419,7 +481,7 @@ TEST_P(ChannelTest, GarbageFromThePeerClosesTheChannelWithoutCrashing) {
       Side side;
       const int peer = open_one(role, side);
       const std::string junk = random_bytes(4096, seed);
-      ASSERT_EQ(::write(peer, junk.data(), junk.size()), static_cast<ssize_t>(junk.size()));
+      peer_write(peer, junk);
       // Then hang up: a random length prefix may promise more than was sent, and a gRPC
       // server cannot tell us its connection broke, only the peer hanging up can.
       ::close(peer);
@@ -431,6 +493,21 @@ TEST_P(ChannelTest, GarbageFromThePeerClosesTheChannelWithoutCrashing) {
 
 // Raw malformed frames are written in msgpack's framing: this suite runs on msgpack only.
 class MsgpackChannelTest : public ChannelTest {};
+class RingChannelTest : public ChannelTest {
+ protected:
+  // The mapping open_one's raw peer shares with the channel.
+  std::byte* raw_peer_base() {
+    void* m = ::mmap(nullptr, 2 * ring_bytes(kTestRingBytes), PROT_READ | PROT_WRITE, MAP_SHARED, raw_peer_pair_->fd(), 0);
+    EXPECT_NE(m, MAP_FAILED);
+    mappings_.push_back(m);
+    return static_cast<std::byte*>(m);
+  }
+  void TearDown() override {
+    for (void* m : mappings_) ::munmap(m, 2 * ring_bytes(kTestRingBytes));
+    ChannelTest::TearDown();
+  }
+  std::vector<void*> mappings_;
+};
 
 TEST_P(MsgpackChannelTest, MalformedFrameIsInvalidArgument) {
   const std::vector<std::string> frames = {
@@ -444,7 +521,7 @@ TEST_P(MsgpackChannelTest, MalformedFrameIsInvalidArgument) {
     SCOPED_TRACE("frame " + std::to_string(i));
     Side side;
     const int peer = open_one(Role::Extension, side);
-    ASSERT_EQ(::write(peer, frames[i].data(), frames[i].size()), static_cast<ssize_t>(frames[i].size()));
+    peer_write(peer, frames[i]);
     ASSERT_TRUE(run_until([&] { return side.closed.has_value(); }, 3s));
     EXPECT_EQ(side.closed->code, Code::InvalidArgument) << side.closed->to_string();
     EXPECT_TRUE(side.frames.empty());
@@ -461,8 +538,8 @@ TEST_P(MsgpackChannelTest, ASpinningLoopPollsAfterAFrameThenSleepsAgain) {
     SCOPED_TRACE("spin_us " + std::to_string(spin_us));
     int sv[2];
     ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-    host_.ch = make_channel(GetParam(), Role::Host, &loop_, sv[0], kDefaultMaxFrameBytes, kDefaultMaxQueuedBytes, spin_us);
-    ext_.ch = make_channel(GetParam(), Role::Extension, &loop_, sv[1], kDefaultMaxFrameBytes, kDefaultMaxQueuedBytes, spin_us);
+    host_.ch = make(Role::Host, sv[0], kDefaultMaxFrameBytes, spin_us);
+    ext_.ch = make(Role::Extension, sv[1], kDefaultMaxFrameBytes, spin_us);
     host_.frames.clear();
     ext_.frames.clear();
     start(host_);
@@ -490,8 +567,8 @@ TEST_P(MsgpackChannelTest, ASpinningLoopPollsAfterAFrameThenSleepsAgain) {
 TEST_P(MsgpackChannelTest, ALeaderTakesAnswersAndHandsTheRestToTheLoopInOrder) {
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-  host_.ch = make_channel(GetParam(), Role::Host, &loop_, sv[0]);
-  ext_.ch = make_channel(GetParam(), Role::Extension, &loop_, sv[1]);
+  host_.ch = make(Role::Host, sv[0]);
+  ext_.ch = make(Role::Extension, sv[1]);
   std::mutex mu;
   std::vector<uint64_t> taken;
   host_.ch->start({[this](Frame&& f) { host_.frames.push_back(std::move(f)); },
@@ -563,10 +640,36 @@ TEST_P(MsgpackChannelTest, ClosingTheChannelWakesItsLeader) {
   EXPECT_FALSE(reader->lead([] { return false; }, Clock::now() + 10min)) << "a closed channel has no socket to read";
 }
 
-INSTANTIATE_TEST_SUITE_P(Encodings, ChannelTest, ::testing::Values(Encoding::Msgpack, Encoding::Grpc),
-                         [](const ::testing::TestParamInfo<Encoding>& i) { return std::string(to_string(i.param)); });
-INSTANTIATE_TEST_SUITE_P(Msgpack, MsgpackChannelTest, ::testing::Values(Encoding::Msgpack),
-                         [](const ::testing::TestParamInfo<Encoding>& i) { return std::string(to_string(i.param)); });
+// A ring the peer broke: an impossible head (what we read) or tail (what we write) ends
+// the channel with an error that says so, as a malformed frame does.
+TEST_P(RingChannelTest, AnImpossibleIndexFromThePeerFailsTheChannelNamingTheRing) {
+  for (const bool head : {true, false}) {
+    SCOPED_TRACE(head ? "head" : "tail");
+    Side side;
+    const int peer = open_one(Role::Host, side);
+    // The host reads ring 1 (the peer's head at its start) and writes ring 0 (the peer's
+    // tail 64 bytes into it).
+    std::byte* base = raw_peer_base();
+    const uint64_t bad = head ? kTestRingBytes + 1 : 12345;
+    std::memcpy(base + (head ? ring_bytes(kTestRingBytes) : 64), &bad, 8);
+    if (head) {
+      ASSERT_EQ(::write(peer, "d", 1), 1);
+    } else {
+      ASSERT_TRUE(side.ch->send(Health{1}).ok());
+    }
+    ASSERT_TRUE(run_until([&] { return side.closed.has_value(); }, 3s));
+    EXPECT_EQ(side.closed->code, Code::Unavailable);
+    EXPECT_NE(side.closed->message.find("malformed ring"), std::string::npos) << side.closed->to_string();
+    ::close(peer);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Links, ChannelTest,
+                         ::testing::Values(Link{Encoding::Msgpack}, Link{Encoding::Msgpack, true}, Link{Encoding::Grpc}),
+                         link_name);
+INSTANTIATE_TEST_SUITE_P(Msgpack, MsgpackChannelTest,
+                         ::testing::Values(Link{Encoding::Msgpack}, Link{Encoding::Msgpack, true}), link_name);
+INSTANTIATE_TEST_SUITE_P(Msgpack, RingChannelTest, ::testing::Values(Link{Encoding::Msgpack, true}), link_name);
 
 }  // namespace
 }  // namespace airlock::proto

@@ -154,6 +154,10 @@ int run_cli(int argc, char** argv) {
                   "Linear memory of all skill instances together")->capture_default_str();
   srv->add_option("--spin-us", so.spin_us, "After a frame, poll this long before sleeping (0: sleep at once)")
       ->capture_default_str()->check(CLI::Range(0, 10'000));
+  srv->add_option("--ring-bytes", so.ring_bytes,
+                  "Frames travel in the shared-memory ring pair (this many bytes each way) that the host offers "
+                  "first on --side-fd; 0: on the socket")
+      ->capture_default_str();
   std::string sandbox_mode = "on", sandbox_user;
   srv->add_option("--sandbox", sandbox_mode, "on: namespaces, an empty root, no capabilities, seccomp; off: none")
       ->capture_default_str()->check(CLI::IsMember({"on", "off"}));

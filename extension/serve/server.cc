@@ -3,6 +3,7 @@
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
+#include <poll.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include <unordered_map>
 
 #include "airlock/guard_regions.h"
+#include "airlock/ring.h"
 #include "airlock/shm/fd_channel.h"
 #include "airlock/shm/pool.h"
 #include "airlock/shm/registry.h"
@@ -51,7 +53,8 @@ class ChannelSink final : public spdlog::sinks::base_sink<spdlog::details::null_
 
 class Server {
  public:
-  Server(const ServeOptions& o, sandbox::Report report) : opts_(o), report_(std::move(report)) {
+  Server(const ServeOptions& o, sandbox::Report report, std::shared_ptr<proto::RingLink> ring)
+      : opts_(o), report_(std::move(report)) {
     uv_loop_init(&loop_);
     uv_timer_init(&loop_, &gone_timer_);
     gone_timer_.data = this;
@@ -76,7 +79,7 @@ class Server {
     runtime_ = std::make_unique<runtime::SkillRuntime>(&loop_, ec, limits);
     if (o.side_fd >= 0) runtime_->set_output_source(&out_slots_);
     channel_ = proto::make_channel(o.encoding, proto::Role::Extension, &loop_, o.fd, o.max_frame_bytes,
-                                   proto::kDefaultMaxQueuedBytes, o.spin_us);
+                                   proto::kDefaultMaxQueuedBytes, o.spin_us, std::move(ring));
     if (o.side_fd >= 0) {
       side_ = shm::FdChannel(shm::UniqueFd(o.side_fd));
       side_poll_ = std::make_unique<uv_poll_t>();
@@ -418,6 +421,25 @@ void ChannelSink::sink_it_(const spdlog::details::log_msg& msg) {
 }  // namespace
 
 
+// The ring pair the host offered as the first message on the side channel (sent before
+// we were started, so it waits there; 5 s is for a host that is very slow indeed).
+Result<std::shared_ptr<proto::RingLink>> receive_ring(const ServeOptions& o) {
+  if (o.side_fd < 0) return make_error(Code::InvalidArgument, "--ring-bytes needs --side-fd");
+  pollfd p{o.side_fd, POLLIN, 0};
+  if (::poll(&p, 1, 5000) != 1) return make_error(Code::Unavailable, "the host offered no ring within 5 s");
+  auto got = shm::recv_fds(o.side_fd, shm::kSideMessageBytes + 1, 2, /*nonblocking=*/true);
+  if (!got.ok()) return got.take_error();
+  if (!got->has_value()) return make_error(Code::Unavailable, "the host offered no ring");
+  auto m = shm::parse_side_message((*got)->bytes, std::move((*got)->fds));
+  if (!m.ok()) return m.take_error();
+  if (m->kind != shm::SideMessage::Kind::kRing || m->size != o.ring_bytes) {
+    return make_error(Code::InvalidArgument, "the first side message is not a ring of " + std::to_string(o.ring_bytes) + " bytes");
+  }
+  auto pair = proto::RingPair::attach(m->fd.release(), o.ring_bytes);
+  if (!pair.ok()) return pair.take_error();
+  return proto::RingLink::peer(std::move(*pair));
+}
+
 int serve(const ServeOptions& options) {
   // The sandbox's first step, while this process has one thread (namespaces and
   // capabilities are per thread; V8 starts threads).
@@ -432,7 +454,16 @@ int serve(const ServeOptions& options) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (options.parent_pid != 0 && getppid() != options.parent_pid) return 3;
   signal(SIGPIPE, SIG_IGN);
-  Server server(options, std::move(report));
+  std::shared_ptr<proto::RingLink> ring;
+  if (options.ring_bytes > 0) {
+    auto r = receive_ring(options);
+    if (!r.ok()) {
+      std::fprintf(stderr, "airlock-extension: shared-memory ring: %s\n", r.error().message.c_str());
+      return 5;
+    }
+    ring = std::move(*r);
+  }
+  Server server(options, std::move(report), std::move(ring));
   return server.run();
 }
 

@@ -23,6 +23,7 @@ struct ServeOptions {
   uint32_t shm_output_min_bytes = 64 * 1024;  // larger outputs go back in shared memory
   uint32_t max_total_memory_mb = 2048;  // linear memory of all instances together (RuntimeLimits)
   uint32_t spin_us = 0;                 // proto::make_channel: poll this long after a frame before sleeping
+  uint32_t ring_bytes = 0;              // >0: frames travel in the ring pair the host offers first on side_fd
   sandbox::Policy sandbox;
   bool lazy_compilation = false;  // engine::EngineConfig
   bool tier_up = true;

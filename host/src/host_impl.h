@@ -26,6 +26,7 @@
 #include "airlock/channel.h"
 #include "airlock/host.h"
 #include "airlock/loop_timer.h"
+#include "airlock/ring.h"
 #include "airlock/shm/fd_channel.h"
 #include "airlock/shm/pool.h"
 #include "airlock/shm/registry.h"
@@ -178,6 +179,9 @@ class ExtensionState : public std::enable_shared_from_this<ExtensionState> {
   // the dead process was sent); the side channel is per process. Any thread.
   std::mutex shm_mu;
   shm::FdChannel side;
+  // [loop] The ring pair offered to the process being started (HostOptions::ring_bytes);
+  // its channel takes it in attach_process.
+  std::shared_ptr<proto::RingLink> ring;
   uint64_t side_gen = 0;  // +1 per process: a view of a dead process's output gives nothing back
   std::atomic<uint64_t> view_bytes{0};  // mappings held by OutputViews (HostLimits::max_shared_bytes)
   std::unique_ptr<shm::Registry> inbox;  // outputs the current process shared with us

@@ -72,6 +72,20 @@ void HostImpl::start_process(const std::shared_ptr<ExtensionState>& e) {
     ro.max_bytes = opts.limits.max_shared_bytes;
     e->inbox = std::make_unique<shm::Registry>(ro);
   }
+  e->ring = nullptr;
+  if (opts.ring_bytes > 0 && opts.transport == Transport::Msgpack) {
+    // Offered before the child exists: the first message it reads, whether it is exec'ed
+    // or forked by the zygote. A new pair per process: nothing of a dead one's ring is
+    // read again.
+    auto pair = proto::RingPair::create(opts.ring_bytes, "airlock-ring");
+    Status offered = pair.ok() ? e->side.offer_ring(pair->fd(), opts.ring_bytes, /*timeout_ms=*/0) : Status(pair.error());
+    if (!offered.ok()) {
+      if (e->on_ready) std::exchange(e->on_ready, nullptr)(make_error(offered.error().code, "shared-memory ring: " + offered.error().message));
+      return;
+    }
+    e->ring = proto::RingLink::creator(std::move(*pair));
+    argv.insert(argv.end(), {"--ring-bytes", std::to_string(opts.ring_bytes)});
+  }
   auto peer_side = std::make_shared<shm::FdChannel>(std::move(side->second));  // until the child has it
   std::weak_ptr<ExtensionState> weak = e;
   if (zygote_ && zygote_->spawn(argv, e->opts.env, child_side, [this, weak, attempt, argv, peer_side](Result<ChildProcess> c) {
@@ -110,7 +124,7 @@ void HostImpl::attach_process(const std::shared_ptr<ExtensionState>& e, ChildPro
   e->queued_bytes = 0;
   e->channel = proto::make_channel(encoding_of(opts.transport), proto::Role::Host, &loop_, child.host_fd,
                                    opts.max_frame_bytes, opts.limits.max_queued_bytes,
-                                   static_cast<uint32_t>(opts.spin.count()));
+                                   static_cast<uint32_t>(opts.spin.count()), std::move(e->ring));
   std::weak_ptr<ExtensionState> weak = e;
   e->channel->start({[this, weak](proto::Frame&& f) {
                        auto s = weak.lock();

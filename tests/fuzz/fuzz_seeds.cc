@@ -147,6 +147,7 @@ void side_channel_seeds(const fs::path& dir) {
   write(dir, "drop", std::string(1, '\0') + side_message(2, 42, 0));
   write(dir, "return", std::string(1, '\0') + side_message(3, 42, 0));
   write(dir, "announce_two_fds", "\x02" + side_message(1, 43, 1u << 20));
+  write(dir, "ring", "\x01" + side_message(5, 0, 256 * 1024));
 }
 
 // fuzz_ring: operations of one byte plus an 8-byte little-endian argument each.

@@ -65,7 +65,7 @@ bool is_dev_null(int fd) {
 bool model_accepts(std::string_view bytes, size_t nfds) {
   if (bytes.size() != kMessageBytes) return false;
   switch (static_cast<uint8_t>(bytes[0])) {
-    case 1: return nfds == 1;          // kAnnounce
+    case 1: case 5: return nfds == 1;  // kAnnounce, kRing
     case 2: case 3: case 4: return nfds == 0;  // kDrop, kReturn, kLastWords
     default: return false;
   }
@@ -75,7 +75,7 @@ void check_message(const SideMessage& m, std::string_view bytes) {
   AIRLOCK_FUZZ_CHECK(static_cast<uint8_t>(m.kind) == static_cast<uint8_t>(bytes[0]));
   AIRLOCK_FUZZ_CHECK(m.id == le64(bytes.data() + 8));
   AIRLOCK_FUZZ_CHECK(m.size == le64(bytes.data() + 16));
-  if (m.kind == SideMessage::Kind::kAnnounce) {
+  if (m.kind == SideMessage::Kind::kAnnounce || m.kind == SideMessage::Kind::kRing) {
     AIRLOCK_FUZZ_CHECK(m.fd.valid() && is_dev_null(m.fd.get()));
   } else {
     AIRLOCK_FUZZ_CHECK(!m.fd.valid());

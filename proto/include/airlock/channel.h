@@ -22,6 +22,8 @@
 
 namespace airlock::proto {
 
+struct RingLink;  // ring.h
+
 enum class Encoding : uint8_t { Msgpack, Grpc };
 std::string_view to_string(Encoding e);
 Result<Encoding> parse_encoding(std::string_view s);  // "msgpack" | "grpc"
@@ -102,10 +104,15 @@ constexpr size_t kDefaultMaxQueuedBytes = size_t(256) << 20;
 // Takes ownership of `fd` (a connected AF_UNIX stream socket). `spin_us` (msgpack):
 // after the loop handled or sent a frame, it keeps polling without sleeping this long,
 // so that an answer from a peer on another CPU is read at once instead of after a
-// wake-up (~50 µs across vCPUs of a VM); 0: it sleeps at once.
+// wake-up (~50 µs across vCPUs of a VM); 0: it sleeps at once. `ring` (msgpack): the
+// frames travel in this shared-memory ring pair instead of the socket, which then
+// carries only doorbell bytes (sent when the peer said it sleeps) and the hang-up; both
+// ends must be given the same pair (ring.h). A polling reader needs no doorbell, so
+// with `spin_us` a frame costs no syscall on either side.
 std::unique_ptr<Channel> make_channel(Encoding enc, Role role, uv_loop_t* loop, int fd,
                                       uint32_t max_frame = kDefaultMaxFrameBytes,
-                                      size_t max_queued = kDefaultMaxQueuedBytes, uint32_t spin_us = 0);
+                                      size_t max_queued = kDefaultMaxQueuedBytes, uint32_t spin_us = 0,
+                                      std::shared_ptr<RingLink> ring = nullptr);
 
 // The error send() returns when a peer has stopped reading.
 Error queue_full_error(size_t queued, size_t max_queued);

@@ -32,6 +32,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 
 #include "airlock/status.h"
@@ -149,6 +150,28 @@ class RingPair {
   int fd_ = -1;
   std::byte* base_ = nullptr;
   uint32_t cap_ = 0;
+};
+
+// One process's two ends of a RingPair, as a channel uses them (make_channel's `ring`):
+// `out` under the channel's write lock, `in` under its read lock.
+struct RingLink {
+  std::shared_ptr<RingPair> pair;  // keeps the mapping alive as long as either end
+  RingWriter out;
+  RingReader in;
+  static std::shared_ptr<RingLink> creator(RingPair p) {
+    auto l = std::make_shared<RingLink>();
+    l->pair = std::make_shared<RingPair>(std::move(p));
+    l->out = l->pair->creator_writer();
+    l->in = l->pair->creator_reader();
+    return l;
+  }
+  static std::shared_ptr<RingLink> peer(RingPair p) {
+    auto l = std::make_shared<RingLink>();
+    l->pair = std::make_shared<RingPair>(std::move(p));
+    l->out = l->pair->peer_writer();
+    l->in = l->pair->peer_reader();
+    return l;
+  }
 };
 
 }  // namespace airlock::proto

@@ -58,20 +58,23 @@ Result<std::optional<Received>> recv_fds(int sock, size_t max_bytes, size_t max_
 // pooled buffers that carry outputs). kLastWords (extension -> host, no fd): the id is
 // the number of the syscall the sandbox killed the process for, written by its SIGSYS
 // handler just before it dies; the host believes it only when the kernel says the
-// process did die of SIGSYS, and only to name the call in its error.
+// process did die of SIGSYS, and only to name the call in its error. kRing (host ->
+// extension, one fd, size = the capacity of each ring): the shared-memory ring pair the
+// channel's frames travel in (HostOptions::ring_bytes); valid only as the first message,
+// which the extension reads before it starts (serve), so a Registry refuses it.
 struct SideMessage {
-  enum class Kind : uint8_t { kAnnounce = 1, kDrop = 2, kReturn = 3, kLastWords = 4 };
+  enum class Kind : uint8_t { kAnnounce = 1, kDrop = 2, kReturn = 3, kLastWords = 4, kRing = 5 };
   Kind kind = Kind::kAnnounce;
   uint64_t id = 0;
-  uint64_t size = 0;  // kAnnounce only
-  UniqueFd fd;        // kAnnounce only
+  uint64_t size = 0;  // kAnnounce and kRing
+  UniqueFd fd;        // kAnnounce and kRing
 };
 
 // Every side message is this long.
 constexpr size_t kSideMessageBytes = 24;
 
 // Parses one received side message: exactly 24 bytes, and exactly the fds its kind
-// carries (one for kAnnounce, none otherwise). InvalidArgument otherwise, and `fds` are
+// carries (one for kAnnounce and kRing, none otherwise). InvalidArgument otherwise, and `fds` are
 // closed. The seven zero bytes are not checked. FdChannel::try_recv_message uses it.
 Result<SideMessage> parse_side_message(std::string_view bytes, std::vector<UniqueFd> fds);
 
@@ -100,6 +103,7 @@ class FdChannel {
   Status announce(uint64_t id, int fd, uint64_t size, int timeout_ms = 5000);
   Status drop(uint64_t id, int timeout_ms = 5000);
   Status give_back(uint64_t id, int timeout_ms = 5000);  // kReturn
+  Status offer_ring(int fd, uint64_t capacity, int timeout_ms = 5000);  // kRing
   // nullopt: nothing pending. A malformed message -> InvalidArgument (its fds closed).
   Result<std::optional<SideMessage>> try_recv_message();
 

@@ -85,13 +85,14 @@ struct WriteSide final : DirectSender {
   const std::shared_ptr<RingLink> ring;  // frames go here, the socket gets doorbells
   std::string ring_error;                // [mu] why the ring failed (write_some's EBADMSG)
 
-  // What a failed write_some() means.
-  std::string error_text(int err) {
+  // What a failed write_some() means: a ring the peer broke is its fault
+  // (InvalidArgument, as a malformed frame), anything else the connection's.
+  Error write_error(int err) {
     if (err == EBADMSG && ring) {
       std::lock_guard lk(mu);
-      if (!ring_error.empty()) return ring_error;
+      if (!ring_error.empty()) return make_error(Code::InvalidArgument, ring_error);
     }
-    return std::string("write failed: ") + std::strerror(err);
+    return make_error(Code::Unavailable, std::string("write failed: ") + std::strerror(err));
   }
 
   // One byte on the socket, which the peer's epoll set watches: it said it sleeps, or
@@ -247,7 +248,7 @@ struct ReadSide final : DirectReader {
     }
     for (;;) {
       auto got = ring->in.read(std::as_writable_bytes(std::span(span.data(), want)));
-      if (!got.ok()) return {0, want, make_error(Code::Unavailable, got.error().message)};
+      if (!got.ok()) return {0, want, got.take_error()};
       if (*got > 0) {
         decoder.commit(*got);
         if (ring->in.take_waiting_writer()) (void)w->doorbell();  // it asked for room
@@ -422,7 +423,7 @@ struct ReadSide final : DirectReader {
   Read read_some(bool sleep = true) {
     for (;;) {
       Pulled got = pull(sleep);
-      if (got.end && ring && got.end->message.rfind("malformed ring", 0) == 0) {
+      if (got.end && got.end->code == Code::InvalidArgument) {  // a broken ring: the loop fails the channel
         hand_to_loop(Result<Frame>(std::move(*got.end)));
         return Read::Handed;
       }
@@ -568,7 +569,7 @@ class MsgpackChannel final : public Channel {
     reset(scratch_);
     st_->spin();  // its answer, or a chain's next frame, is on its way
     if (err != 0 && err != EAGAIN) {
-      fail(make_error(Code::Unavailable, st_->w->error_text(err)));
+      fail(st_->w->write_error(err));
       return ok_status();  // accepted, then lost with the connection, like any queued frame
     }
     if (err == EAGAIN) update_poll();
@@ -653,7 +654,7 @@ class MsgpackChannel final : public Channel {
       err = st_->w->write_some();
     }
     if (err != 0 && err != EAGAIN) {
-      fail(make_error(Code::Unavailable, st_->w->error_text(err)));
+      fail(st_->w->write_error(err));
       return false;
     }
     return true;
@@ -692,7 +693,7 @@ class MsgpackChannel final : public Channel {
         std::lock_guard lk(st_->w->mu);
         err = st_->w->write_some();
       }
-      if (err != 0 && err != EAGAIN) return fail(make_error(Code::Unavailable, st_->w->error_text(err)));
+      if (err != 0 && err != EAGAIN) return fail(st_->w->write_error(err));
       if (err == 0) update_poll();
     }
     if ((ev.events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !alive.expired() && open_ && reading_) read_all();

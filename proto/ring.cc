@@ -53,7 +53,8 @@ inline void cpu_relax() {
 #endif
 }
 
-Error malformed(const char* what) { return make_error(Code::Unavailable, std::string("malformed ring: ") + what); }
+// InvalidArgument, as for a malformed frame: the peer is not to be trusted any more.
+Error malformed(const char* what) { return make_error(Code::InvalidArgument, std::string("malformed ring: ") + what); }
 constexpr const char* kBadTail = "the reader's tail is not one a reader could have published";
 constexpr const char* kBadHead = "the writer's head is not one a writer could have published";
 

@@ -658,7 +658,7 @@ TEST_P(RingChannelTest, AnImpossibleIndexFromThePeerFailsTheChannelNamingTheRing
       ASSERT_TRUE(side.ch->send(Health{1}).ok());
     }
     ASSERT_TRUE(run_until([&] { return side.closed.has_value(); }, 3s));
-    EXPECT_EQ(side.closed->code, Code::Unavailable);
+    EXPECT_EQ(side.closed->code, Code::InvalidArgument) << "as for a malformed frame";
     EXPECT_NE(side.closed->message.find("malformed ring"), std::string::npos) << side.closed->to_string();
     ::close(peer);
   }

@@ -18,6 +18,10 @@
 //   forged-service   a service request with an id outside the extension's range
 //   no-health        answers calls, never answers Health
 //   echo             well-behaved
+//   With HostOptions::ring_bytes (it takes the ring the host offers, --ring-bytes):
+//   ring-bad-head    answers the first call; at the second publishes a head beyond the ring
+//   ring-bad-tail    publishes a tail ahead of the host's head, then answers the first call
+//   ring-doorbells   answers every call, then rings 256 KiB of doorbell bytes
 // Zygote modes (file zygote-mode; the zygote gets no environment):
 //   hello-then-canary   a proper hello; answers requests with the pidfd of the pid in
 //                       the file canary-pid (a process of the test, not forked for us)
@@ -27,6 +31,7 @@
 //   pid-number          a hello, then the old protocol's int32 pid as a reply
 //   (anything else: writes a Ready frame instead of a hello)
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -40,6 +45,7 @@
 
 #include "airlock/channel.h"
 #include "airlock/msgpack_codec.h"
+#include "airlock/ring.h"
 #include "airlock/shm/fd_channel.h"
 #include "airlock/zygote_wire.h"
 
@@ -121,8 +127,33 @@ struct Fake {
   shm::FdChannel side{shm::UniqueFd(4)};
   uint64_t next_service = 1;
   uv_timer_t quit{};
+  std::shared_ptr<RingLink> ring;
+  uint32_t ring_capacity = 0;
+  int calls = 0;
 
   void send(const Frame& f) { (void)ch->send(f); }
+
+  // The ring the host offered first on the side channel (as serve does, unchecked).
+  bool take_ring() {
+    pollfd p{side.fd(), POLLIN, 0};
+    if (poll(&p, 1, 5000) != 1) return false;
+    auto m = side.try_recv_message();
+    if (!m.ok() || !m->has_value() || (*m)->kind != shm::SideMessage::Kind::kRing) return false;
+    auto pair = RingPair::attach((*m)->fd.release(), ring_capacity);
+    if (!pair.ok()) return false;
+    ring = RingLink::peer(std::move(*pair));
+    return true;
+  }
+
+  // Writes one 64-bit word of the shared ring pair: ring 0 carries the host's frames to
+  // us, ring 1 ours to the host; the head is at 0, the tail at 64.
+  void scribble(int which, size_t offset, uint64_t v) {
+    const size_t size = 2 * ring_bytes(ring_capacity);
+    void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, ring->pair->fd(), 0);
+    if (m == MAP_FAILED) return;
+    std::memcpy(static_cast<char*>(m) + which * ring_bytes(ring_capacity) + offset, &v, 8);
+    munmap(m, size);
+  }
 
   void on_frame(Frame&& f) {
     if (auto* h = std::get_if<Health>(&f)) {
@@ -180,6 +211,21 @@ struct Fake {
       return;
     }
     if (mode == "stray-response") return send(make_response(r->id + 1'000'000, std::string("never asked")));
+    if (mode == "ring-bad-head" || mode == "ring-bad-tail" || mode == "ring-doorbells") {
+      if (mode == "ring-bad-head" && calls++ > 0) {
+        scribble(1, 0, ~uint64_t{0} / 2);  // far beyond what the host consumed
+        (void)!write(3, "b", 1);           // and wake the host to look
+        return;
+      }
+      // Before the answer, so that the host's next write (the next call) finds it.
+      if (mode == "ring-bad-tail") scribble(0, 64, ~uint64_t{0} / 2);  // far ahead of what the host wrote
+      send(make_response(r->id, r->payload));
+      if (mode == "ring-doorbells") {
+        const std::string bells(256 * 1024, 'b');
+        (void)!write(3, bells.data(), bells.size());
+      }
+      return;
+    }
     if (mode == "host-frame") return send(Cancel{r->id});
     send(make_response(r->id, r->payload));
     if (mode == "double-response") send(make_response(r->id, r->payload));
@@ -190,6 +236,7 @@ struct Fake {
 
 int main(int argc, char** argv) {
   std::string transport = "msgpack";
+  uint32_t ring_bytes_arg = 0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "zygote") {
@@ -197,6 +244,7 @@ int main(int argc, char** argv) {
       return run_zygote(self.substr(0, self.find_last_of('/')));
     }
     if (a == "--transport" && i + 1 < argc) transport = argv[i + 1];
+    if (a == "--ring-bytes" && i + 1 < argc) ring_bytes_arg = static_cast<uint32_t>(std::atoi(argv[i + 1]));
   }
   const char* env = getenv("AIRLOCK_FAKE");
   Fake fake;
@@ -217,7 +265,10 @@ int main(int argc, char** argv) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   fake.loop = &loop;
-  fake.ch = make_channel(transport == "grpc" ? Encoding::Grpc : Encoding::Msgpack, Role::Extension, &loop, 3);
+  fake.ring_capacity = ring_bytes_arg;
+  if (fake.ring_capacity > 0 && !fake.take_ring()) return 5;
+  fake.ch = make_channel(transport == "grpc" ? Encoding::Grpc : Encoding::Msgpack, Role::Extension, &loop, 3,
+                         kDefaultMaxFrameBytes, kDefaultMaxQueuedBytes, 0, fake.ring);
   fake.ch->start({[&](Frame&& f) { fake.on_frame(std::move(f)); }, [&](const Error&) { uv_stop(&loop); }});
   fake.send(Ready{fake.mode == "bad-version" ? 1u : kProtocolVersion, getpid(), "fake", ""});
   uv_run(&loop, UV_RUN_DEFAULT);

@@ -310,6 +310,61 @@ TEST_P(HostileTest, AnExtensionThatStopsAnsweringHealthChecksIsKilledAndRestarte
 INSTANTIATE_TEST_SUITE_P(Transports, HostileTest, ::testing::Values(Transport::Msgpack, Transport::Grpc),
                          [](const auto& i) { return std::string(to_string(i.param)); });
 
+// The shared-memory ring (HostOptions::ring_bytes) is memory the extension writes: an
+// index it could not have published cuts it off with the reason, a flood of doorbell
+// bytes costs it nothing but reads, and the host goes on serving others.
+class HostileRingTest : public HostileTest {
+ protected:
+  HostOptions ring_opts() {
+    HostOptions o = opts();
+    o.ring_bytes = 64 * 1024;
+    // No health checks: a ping the fake read would publish a good tail again before the
+    // call that is to find the bad one.
+    o.health_interval = 0ms;
+    return o;
+  }
+};
+
+TEST_P(HostileRingTest, AnImpossibleHeadCutsTheExtensionOff) {
+  Host h(ring_opts());
+  auto ext = h.spawn(fake("ring-bad-head"));
+  ASSERT_TRUE(ext.ok()) << ext.error().to_string();
+  EXPECT_EQ(*ext->call("echo", "first"), "first");
+  auto second = ext->call("echo", "second");  // answered by a broken ring
+  ASSERT_FALSE(second.ok());
+  EXPECT_THAT(second.error().message, HasSubstr("malformed ring: the writer's head")) << second.error().to_string();
+  expect_cut_off(*ext, "malformed ring: the writer's head");
+  auto other = h.spawn(fake("echo", "other"));
+  ASSERT_TRUE(other.ok()) << other.error().to_string();
+  EXPECT_EQ(*other->call("echo", "still served"), "still served");
+}
+
+TEST_P(HostileRingTest, AnImpossibleTailCutsTheExtensionOffAtTheNextWrite) {
+  Host h(ring_opts());
+  auto ext = h.spawn(fake("ring-bad-tail"));
+  ASSERT_TRUE(ext.ok()) << ext.error().to_string();
+  EXPECT_EQ(*ext->call("echo", "first"), "first");
+  auto second = ext->call("echo", "second");  // the write that finds the tail
+  ASSERT_FALSE(second.ok());
+  EXPECT_THAT(second.error().message, HasSubstr("malformed ring: the reader's tail")) << second.error().to_string();
+  expect_cut_off(*ext, "malformed ring: the reader's tail");
+}
+
+TEST_P(HostileRingTest, AFloodOfDoorbellBytesIsReadAndIgnored) {
+  Host h(ring_opts());
+  auto ext = h.spawn(fake("ring-doorbells"));
+  ASSERT_TRUE(ext.ok()) << ext.error().to_string();
+  for (int i = 0; i < 50; i++) {
+    auto r = ext->call("echo", "call " + std::to_string(i));
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    EXPECT_EQ(*r, "call " + std::to_string(i));
+  }
+  EXPECT_TRUE(ext->alive());
+}
+
+INSTANTIATE_TEST_SUITE_P(Msgpack, HostileRingTest, ::testing::Values(Transport::Msgpack),
+                         [](const auto& i) { return std::string(to_string(i.param)); });
+
 // ---- the same bounds against a real extension ----------------------------------------
 
 class BoundsTest : public ::testing::TestWithParam<Transport> {

@@ -99,7 +99,7 @@ TEST(Ring, AHeadTooFarAheadIsMalformedAndStaysSo) {
   std::vector<std::byte> out(16);
   auto n = r.read(out);
   ASSERT_FALSE(n.ok());
-  EXPECT_EQ(n.error().code, Code::Unavailable);
+  EXPECT_EQ(n.error().code, Code::InvalidArgument);
   EXPECT_NE(n.error().message.find("malformed ring"), std::string::npos) << n.error().message;
   poke64(host, 0, 0, 0);  // put back: the end is still failed, its owner drops the peer
   EXPECT_FALSE(r.read(out).ok());

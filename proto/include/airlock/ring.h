@@ -14,7 +14,7 @@
 //  * The other side's index is loaded once per operation and checked: a head more than
 //    `capacity` ahead of the reader's tail, or behind it, is malformed, and so is a tail
 //    ahead of the writer's head or more than `capacity` behind it. A malformed index
-//    fails that end for good (Unavailable, "malformed ring: ..."): the owner drops the
+//    fails that end for good (InvalidArgument, "malformed ring: ..."): the owner drops the
 //    peer, as it does for a malformed frame.
 //  * Bytes are copied out once into the caller's memory, then decoded there (no double
 //    fetch); positions are masked, so no index can point outside the data area.

@@ -389,6 +389,9 @@ struct ReadSide final : DirectReader {
       if (ring) {
         const Read got = read_some();  // arms the ring once it is empty
         if (got == Read::Ended) break;
+        // The doorbells just read may have said the peer freed room for what waits to
+        // be written: the loop, whose socket we hold, cannot know, so write it here.
+        write_waiting();
         if ((handed = got == Read::Handed) || finished()) break;
       }
       const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - std::chrono::steady_clock::now()).count();
@@ -451,6 +454,16 @@ struct ReadSide final : DirectReader {
     } catch (...) {
       return false;
     }
+  }
+
+  // With the ring, after reading doorbells: writes what waits for room (one look at the
+  // ring, asking for room again if there is none); a failed write is the loop's to
+  // report, which it finds when woken.
+  void write_waiting() {
+    if (w->waiting.load() == 0) return;
+    std::lock_guard wl(w->mu);
+    const int err = w->write_some();
+    if (err != 0 && err != EAGAIN && w->wake) uv_async_send(w->wake);
   }
 
   void interrupt() override {
@@ -642,7 +655,10 @@ class MsgpackChannel final : public Channel {
     if (st_->r->ring && !flush()) return;
     update_poll();
     if (!alive.expired() && open_) handle_backlog();
-    if (!alive.expired() && open_ && reading_ && st_->r->ring) read_all();
+    if (!alive.expired() && open_ && reading_ && st_->r->ring) {
+      read_all();
+      if (!alive.expired() && open_) (void)flush();  // as in on_poll
+    }
   }
 
   // Writes what waits (the ring may have room now). false: the channel failed.
@@ -697,6 +713,8 @@ class MsgpackChannel final : public Channel {
       if (err == 0) update_poll();
     }
     if ((ev.events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !alive.expired() && open_ && reading_) read_all();
+    // The doorbells read_all() took may have said the peer freed room: look again.
+    if (!alive.expired() && open_ && st_->r->ring && !flush()) return;
     if (!alive.expired() && open_) st_->spin();  // the next frame of a chain is on its way
   }
 

@@ -133,11 +133,21 @@ uint64_t le64(const std::string& s) {
   return v;
 }
 
-class HostTest : public ::testing::TestWithParam<Transport> {
+// Every HostTest runs on both transports, and on msgpack once more with the frames in
+// shared-memory rings (HostOptions::ring_bytes; small, so that large frames wrap and
+// wait for room).
+struct HostSetup {
+  Transport transport;
+  uint32_t ring_bytes = 0;
+};
+void PrintTo(const HostSetup& h, std::ostream* os) { *os << to_string(h.transport) << ", ring " << h.ring_bytes << " bytes"; }
+
+class HostTest : public ::testing::TestWithParam<HostSetup> {
  protected:
   HostOptions opts() {
     HostOptions o;
-    o.transport = GetParam();
+    o.transport = GetParam().transport;
+    o.ring_bytes = GetParam().ring_bytes;
     o.extension_binary = AIRLOCK_EXTENSION_BIN;
     o.log_level = "warn";
     return o;
@@ -236,8 +246,9 @@ size_t memfds_of(int pid) {
   return n;
 }
 // An empty compile-cache folder of this test process and transport.
-std::string fresh_cache_dir(const std::string& tag, Transport t) {
-  const std::string dir = ::testing::TempDir() + "/" + tag + "-" + std::to_string(getpid()) + "-" + std::string(to_string(t));
+std::string fresh_cache_dir(const std::string& tag, const HostSetup& h) {
+  const std::string dir = ::testing::TempDir() + "/" + tag + "-" + std::to_string(getpid()) + "-" +
+                          std::string(to_string(h.transport)) + (h.ring_bytes ? "-ring" : "");
   std::filesystem::remove_all(dir);
   return dir;
 }
@@ -981,8 +992,10 @@ TEST_P(HostTest, ExtensionDiesWithItsHost) {
   close(fds[1]);
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, HostTest, ::testing::Values(Transport::Msgpack, Transport::Grpc),
-                         [](const auto& i) { return std::string(to_string(i.param)); });
+INSTANTIATE_TEST_SUITE_P(Transports, HostTest,
+                         ::testing::Values(HostSetup{Transport::Msgpack}, HostSetup{Transport::Grpc},
+                                           HostSetup{Transport::Msgpack, 64 * 1024}),
+                         [](const auto& i) { return std::string(to_string(i.param.transport)) + (i.param.ring_bytes ? "_ring" : ""); });
 
 // ---- spawn failures and misbehaving peers (msgpack: the fake peer speaks only that) ----
 

@@ -121,9 +121,13 @@ TEST_P(LimitsTest, ParkedCallsCannotPassTheExtensionsMemoryLimit) {
   const long before = rss_kb(ext.pid());
   ASSERT_TRUE(ext.load_skill("parked_hog", hostile("parked_hog"), SkillLimits{64, 20000}).ok());
   std::vector<std::future<CallResult>> fs;
-  // 40 x 48 MiB, each parked 4 s: long enough that all 40 arrive while the first are
-  // still parked, however loaded the machine (at 1.5 s a busy CI machine let more finish).
-  for (int i = 0; i < 40; ++i) fs.push_back(ext.call_async("parked_hog", "48,4000"));
+  // 16 x 48 MiB, each parked 6 s: long enough that all 16 are taken in while the first
+  // are still parked, however loaded the machine. The extension takes them in one by
+  // one, each growing its memory first (50-300 ms under load): at 40 calls of 4 s, a
+  // busy CI machine took in the last ones after the first had finished, and let a 6th
+  // run (at 1.5 s, more). 16 x 49 MiB is still 3x the limit.
+  constexpr int kCalls = 16;
+  for (int i = 0; i < kCalls; ++i) fs.push_back(ext.call_async("parked_hog", "48,6000"));
   int ok = 0, refused = 0;
   long peak = 0;
   for (auto& f : fs) {
@@ -140,7 +144,7 @@ TEST_P(LimitsTest, ParkedCallsCannotPassTheExtensionsMemoryLimit) {
   std::cout << ok << " parked, " << refused << " refused; extension peak " << peak << " KB\n";
   EXPECT_GE(ok, 1);
   EXPECT_LE(ok, 5);  // 256 MiB / ~49 MiB each
-  EXPECT_EQ(ok + refused, 40);
+  EXPECT_EQ(ok + refused, kCalls);
   EXPECT_LT(peak - before, 400 * 1024);  // was 1.95 GB
   expect_healthy(ext, before, 64 * 1024);
 }

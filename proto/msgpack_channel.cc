@@ -655,10 +655,7 @@ class MsgpackChannel final : public Channel {
     if (st_->r->ring && !flush()) return;
     update_poll();
     if (!alive.expired() && open_) handle_backlog();
-    if (!alive.expired() && open_ && reading_ && st_->r->ring) {
-      read_all();
-      if (!alive.expired() && open_) (void)flush();  // as in on_poll
-    }
+    if (!alive.expired() && open_ && reading_ && st_->r->ring) read_all();
   }
 
   // Writes what waits (the ring may have room now). false: the channel failed.
@@ -713,8 +710,6 @@ class MsgpackChannel final : public Channel {
       if (err == 0) update_poll();
     }
     if ((ev.events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !alive.expired() && open_ && reading_) read_all();
-    // The doorbells read_all() took may have said the peer freed room: look again.
-    if (!alive.expired() && open_ && st_->r->ring && !flush()) return;
     if (!alive.expired() && open_) st_->spin();  // the next frame of a chain is on its way
   }
 
@@ -753,13 +748,16 @@ class MsgpackChannel final : public Channel {
   void read_all(bool sleep = true) {
     std::weak_ptr<int> alive = alive_;
     std::shared_ptr<ReadSide> r = st_->r;
+    bool drained = false;
     for (int i = 0; i < 32 && !alive.expired() && open_; i++) {
       std::vector<Result<Frame>> frames;
-      bool drained = false;
       std::optional<Error> end;
       {
         std::unique_lock lk(r->mu, std::try_to_lock);
-        if (!lk.owns_lock()) return;
+        if (!lk.owns_lock()) {  // a leader reads: it takes over (after the room check below)
+          drained = true;
+          break;
+        }
         {
           std::lock_guard bl(r->backlog_mu);  // a leader's frames came first
           frames.swap(r->backlog);
@@ -778,11 +776,16 @@ class MsgpackChannel final : public Channel {
       }
       handle(frames);
       if (end && !alive.expired() && open_) return fail(*end);
-      if (drained) return;
+      if (drained) break;
     }
+    if (!r->ring || alive.expired() || !open_) return;
+    // The doorbells pull() read (`sleep`) may have said the peer freed room for bytes
+    // that wait: look for room again, or no one would (a 256 KiB ring stalled an 8 MiB
+    // input once a spinning loop's last look ate that doorbell).
+    if (sleep && !flush()) return;
     // 32 reads and more to come: the loop looks again on its next turn (the ring may
     // hold more without a doorbell pending).
-    if (r->ring && !alive.expired() && open_) uv_async_send(&st_->async);
+    if (!drained && !alive.expired() && open_) uv_async_send(&st_->async);
   }
 
   void fail(const Error& e) {

@@ -133,14 +133,18 @@ uint64_t le64(const std::string& s) {
   return v;
 }
 
-// Every HostTest runs on both transports, and on msgpack once more with the frames in
+// Every HostTest runs on both transports, and on msgpack twice more with the frames in
 // shared-memory rings (HostOptions::ring_bytes; small, so that large frames wrap and
-// wait for room).
+// wait for room): loops sleeping, and loops spinning (HostOptions::spin), the
+// configuration the ring is for.
 struct HostSetup {
   Transport transport;
   uint32_t ring_bytes = 0;
+  std::chrono::microseconds spin{0};
 };
-void PrintTo(const HostSetup& h, std::ostream* os) { *os << to_string(h.transport) << ", ring " << h.ring_bytes << " bytes"; }
+void PrintTo(const HostSetup& h, std::ostream* os) {
+  *os << to_string(h.transport) << ", ring " << h.ring_bytes << " bytes, spin " << h.spin.count() << " us";
+}
 
 class HostTest : public ::testing::TestWithParam<HostSetup> {
  protected:
@@ -148,6 +152,7 @@ class HostTest : public ::testing::TestWithParam<HostSetup> {
     HostOptions o;
     o.transport = GetParam().transport;
     o.ring_bytes = GetParam().ring_bytes;
+    o.spin = GetParam().spin;
     o.extension_binary = AIRLOCK_EXTENSION_BIN;
     o.log_level = "warn";
     return o;
@@ -248,7 +253,7 @@ size_t memfds_of(int pid) {
 // An empty compile-cache folder of this test process and transport.
 std::string fresh_cache_dir(const std::string& tag, const HostSetup& h) {
   const std::string dir = ::testing::TempDir() + "/" + tag + "-" + std::to_string(getpid()) + "-" +
-                          std::string(to_string(h.transport)) + (h.ring_bytes ? "-ring" : "");
+                          std::string(to_string(h.transport)) + (h.ring_bytes ? "-ring" : "") + (h.spin.count() ? "-spin" : "");
   std::filesystem::remove_all(dir);
   return dir;
 }
@@ -994,8 +999,12 @@ TEST_P(HostTest, ExtensionDiesWithItsHost) {
 
 INSTANTIATE_TEST_SUITE_P(Transports, HostTest,
                          ::testing::Values(HostSetup{Transport::Msgpack}, HostSetup{Transport::Grpc},
-                                           HostSetup{Transport::Msgpack, 64 * 1024}),
-                         [](const auto& i) { return std::string(to_string(i.param.transport)) + (i.param.ring_bytes ? "_ring" : ""); });
+                                           HostSetup{Transport::Msgpack, 64 * 1024},
+                                           HostSetup{Transport::Msgpack, 64 * 1024, std::chrono::microseconds(50)}),
+                         [](const auto& i) {
+                           return std::string(to_string(i.param.transport)) + (i.param.ring_bytes ? "_ring" : "") +
+                                  (i.param.spin.count() ? "_spinning" : "");
+                         });
 
 // ---- spawn failures and misbehaving peers (msgpack: the fake peer speaks only that) ----
 

@@ -154,10 +154,12 @@ struct HostOptions {
   // per burst of frames, nothing while idle or busy. 0: sleep at once.
   std::chrono::microseconds spin{0};
   // msgpack: >0 puts each extension's frames in a shared-memory ring pair of this many
-  // bytes each way (a power of two, 4 KiB to 64 MiB) instead of its socket, which then
-  // carries only doorbell bytes and the hang-up (proto/include/airlock/ring.h). A reader
-  // that polls (spin) needs no doorbell: a frame then costs no syscall on either side.
-  // 0: frames go on the socket. docs/ARCHITECTURE.md has the measurements.
+  // bytes each way (a power of two, 4 KiB to 64 MiB; shared by host and extension, so
+  // counted once) instead of its socket, which then carries only doorbell bytes and the
+  // hang-up (proto/include/airlock/ring.h). A reader that polls (spin) needs no
+  // doorbell: a frame then costs no syscall on either side. With spin 30 µs and
+  // 256 KiB, a small call took 7.1-7.4 µs against 29-48 µs on the socket (2 vCPUs);
+  // without spin it gains nothing (docs/ARCHITECTURE.md has the figures). 0: the socket.
   uint32_t ring_bytes = 0;
   bool use_zygote = true;                // fork extensions from a pre-loaded process
   // Inline inputs at least this large are moved into a shared buffer of the extension's

@@ -34,6 +34,15 @@ std::atomic_ref<uint32_t> word32(std::byte* base, size_t off) {
 }
 uint32_t* futex_word(std::byte* base, size_t off) { return reinterpret_cast<uint32_t*>(base + off); }
 
+// After publishing an index: whether the other side set its flag word (it sleeps, or
+// waits for room), cleared so that one doorbell serves many. The seq_cst fence pairs
+// with the one the other side put between setting the word and looking at our index.
+bool take_flag(std::byte* base, size_t off) {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  auto w = word32(base, off);
+  return w.load(std::memory_order_relaxed) != 0 && w.exchange(0) != 0;
+}
+
 bool valid_capacity(uint32_t c) { return c >= kRingMinCapacity && c <= kRingMaxCapacity && (c & (c - 1)) == 0; }
 
 // Shared futexes (no FUTEX_PRIVATE_FLAG): the word lives in a mapping of two processes.
@@ -104,11 +113,9 @@ Result<size_t> RingWriter::write(std::span<const std::byte> bytes) {
 }
 
 bool RingWriter::take_sleeper() {
-  // Pairs with the fence in RingReader::wait: either the reader sees our head, or we see
+  // Pairs with the fence in RingReader::arm: either the reader sees our head, or we see
   // its word (Dekker), so a wake-up is never lost.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  auto w = word32(base_, kReaderSleeps);
-  return w.load(std::memory_order_relaxed) != 0 && w.exchange(0) != 0;
+  return take_flag(base_, kReaderSleeps);
 }
 
 void RingWriter::ring() { futex_wake(futex_word(base_, kReaderSleeps)); }
@@ -170,9 +177,7 @@ Result<size_t> RingReader::read(std::span<std::byte> out) {
 
 bool RingReader::take_waiting_writer() {
   // A writer waiting for room said so before it looked at our tail (ask_for_room).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  auto waits = word32(base_, kWriterWaits);
-  return waits.load(std::memory_order_relaxed) != 0 && waits.exchange(0) != 0;
+  return take_flag(base_, kWriterWaits);
 }
 
 Result<size_t> RingReader::read_and_ring(std::span<std::byte> out) {

@@ -85,10 +85,7 @@ class ChannelTest : public ::testing::TestWithParam<Link> {
         taken_[0] = taken_[1] = false;
       }
       taken_[end] = true;
-      link = std::make_shared<RingLink>();
-      link->pair = pair_;
-      link->out = end == 0 ? pair_->creator_writer() : pair_->peer_writer();
-      link->in = end == 0 ? pair_->creator_reader() : pair_->peer_reader();
+      link = RingLink::of(pair_, end == 0);
       if (taken_[0] && taken_[1]) pair_.reset();  // the channels own it now
     }
     return make_channel(enc(), role, &loop_, fd, max_frame, kDefaultMaxQueuedBytes, spin_us, link);
@@ -674,7 +671,9 @@ TEST_P(RingChannelTest, FramesLargerThanTheRingCrossWhileBothLoopsSpin) {
   host_.ch = make(Role::Host, sv[0], kDefaultMaxFrameBytes, 300);
   ext_.ch = make(Role::Extension, sv[1], kDefaultMaxFrameBytes, 300);
   ext_.on_frame = [this](const Frame& f) {
-    if (auto* r = std::get_if<Request>(&f)) ASSERT_TRUE(ext_.ch->send(make_response(r->id, r->payload)).ok());
+    if (auto* r = std::get_if<Request>(&f)) {
+      ASSERT_TRUE(ext_.ch->send(make_response(r->id, r->payload)).ok());
+    }
   };
   start(host_);
   start(ext_);

@@ -158,20 +158,16 @@ struct RingLink {
   std::shared_ptr<RingPair> pair;  // keeps the mapping alive as long as either end
   RingWriter out;
   RingReader in;
-  static std::shared_ptr<RingLink> creator(RingPair p) {
+  // `creator`: the ends of the process that made the pair (the host), else the peer's.
+  static std::shared_ptr<RingLink> of(std::shared_ptr<RingPair> pair, bool creator) {
     auto l = std::make_shared<RingLink>();
-    l->pair = std::make_shared<RingPair>(std::move(p));
-    l->out = l->pair->creator_writer();
-    l->in = l->pair->creator_reader();
+    l->out = creator ? pair->creator_writer() : pair->peer_writer();
+    l->in = creator ? pair->creator_reader() : pair->peer_reader();
+    l->pair = std::move(pair);
     return l;
   }
-  static std::shared_ptr<RingLink> peer(RingPair p) {
-    auto l = std::make_shared<RingLink>();
-    l->pair = std::make_shared<RingPair>(std::move(p));
-    l->out = l->pair->peer_writer();
-    l->in = l->pair->peer_reader();
-    return l;
-  }
+  static std::shared_ptr<RingLink> creator(RingPair p) { return of(std::make_shared<RingPair>(std::move(p)), true); }
+  static std::shared_ptr<RingLink> peer(RingPair p) { return of(std::make_shared<RingPair>(std::move(p)), false); }
 };
 
 }  // namespace airlock::proto

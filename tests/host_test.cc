@@ -1100,4 +1100,34 @@ TEST(HostOptionsCheck, AnInvalidLogLevelIsASpawnErrorNamingIt) {
   EXPECT_EQ(r.error().code, Code::InvalidArgument);
   EXPECT_THAT(r.error().message, HasSubstr("log_level 'loud'"));
 }
+
+// A ring size the ring cannot have fails the spawn saying so, and a good one after it on
+// another host works (nothing of the failed attempt is left behind to trip it).
+TEST(HostOptionsCheck, AnInvalidRingSizeIsASpawnErrorNamingIt) {
+  for (const uint32_t bad : {5000u, 1024u, 128u << 20}) {
+    SCOPED_TRACE(bad);
+    HostOptions o;
+    o.extension_binary = AIRLOCK_EXTENSION_BIN;
+    o.log_level = "warn";
+    o.ring_bytes = bad;
+    Host h(o);
+    ExtensionOptions eo;
+    eo.name = "x";
+    auto r = h.spawn(eo);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().code, Code::InvalidArgument) << r.error().to_string();
+    EXPECT_THAT(r.error().message, HasSubstr("shared-memory ring: ring capacity must be a power of two"));
+  }
+  HostOptions o;
+  o.extension_binary = AIRLOCK_EXTENSION_BIN;
+  o.log_level = "warn";
+  o.ring_bytes = 4096;
+  Host h(o);
+  ExtensionOptions eo;
+  eo.name = "x";
+  auto ext = h.spawn(eo);
+  ASSERT_TRUE(ext.ok()) << ext.error().to_string();
+  ASSERT_TRUE(ext->load_skill("echo", skill("echo")).ok());
+  EXPECT_EQ(*ext->call("echo", std::string(20000, 'r')), std::string(20000, 'r'));  // 5 times the ring
+}
 }  // namespace

@@ -310,6 +310,17 @@ TEST_P(HostileTest, AnExtensionThatStopsAnsweringHealthChecksIsKilledAndRestarte
 INSTANTIATE_TEST_SUITE_P(Transports, HostileTest, ::testing::Values(Transport::Msgpack, Transport::Grpc),
                          [](const auto& i) { return std::string(to_string(i.param)); });
 
+// The ring pairs this process holds open ("/memfd:airlock-ring" in /proc/self/fd).
+int open_rings() {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    const auto target = std::filesystem::read_symlink(e.path(), ec);
+    n += !ec && target.string().find("memfd:airlock-ring") != std::string::npos;
+  }
+  return n;
+}
+
 // The shared-memory ring (HostOptions::ring_bytes) is memory the extension writes: an
 // index it could not have published cuts it off with the reason, a flood of doorbell
 // bytes costs it nothing but reads, and the host goes on serving others.
@@ -334,9 +345,12 @@ TEST_P(HostileRingTest, AnImpossibleHeadCutsTheExtensionOff) {
   ASSERT_FALSE(second.ok());
   EXPECT_THAT(second.error().message, HasSubstr("malformed ring: the writer's head")) << second.error().to_string();
   expect_cut_off(*ext, "malformed ring: the writer's head");
+  // The cut-off process's ring is gone with its channel: none is left to pile up.
+  EXPECT_TRUE(wait_until([] { return open_rings() == 0; }, 5s)) << open_rings() << " ring memfds still open";
   auto other = h.spawn(fake("echo", "other"));
   ASSERT_TRUE(other.ok()) << other.error().to_string();
   EXPECT_EQ(*other->call("echo", "still served"), "still served");
+  EXPECT_EQ(open_rings(), 1) << "one ring pair per live extension process";
 }
 
 TEST_P(HostileRingTest, AnImpossibleTailCutsTheExtensionOffAtTheNextWrite) {
